@@ -1,0 +1,130 @@
+"""MLLM stream: Qwen2.5-VL reads the prompt and the references together (spec 2.5).
+
+The kept tensor is the output of the last decoder layer *before* the final RMSNorm, full length:
+``(1, L, 3584)`` for Qwen2.5-VL-7B. transformers' ``hidden_states[-1]`` is after the norm, so the
+states are taken with a forward pre-hook on the norm instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import PIL.Image
+import torch
+from transformers import ProcessorMixin, Qwen2_5_VLProcessor
+
+# Appended to the negative prompt for the MLLM branch only, as the released negative states were made.
+MLLM_NEGATIVE_SUFFIX = ",motionless, frozen, still image, no movement, stationary, unmoving"
+
+_LARGE_IMAGE_PIXELS = 720 * 1280
+
+
+class MLLMStateError(ValueError):
+    """Precomputed MLLM states of the wrong format; the message names the file and the expected shape."""
+
+
+class QwenVLImageProcessor(Qwen2_5_VLProcessor):
+    """The stock ``Qwen2_5_VLProcessor`` without its video processor.
+
+    The stock processor cannot be built without torchvision because of its video processor, which
+    BindWeave never uses. Tokenisation, image-token expansion and the modality ids that Qwen2.5-VL's
+    3D RoPE needs are inherited unchanged.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token_id = getattr(tokenizer, "image_token_id", None) or tokenizer.convert_tokens_to_ids(
+            self.image_token
+        )
+        self.video_token_id = getattr(tokenizer, "video_token_id", None) or tokenizer.convert_tokens_to_ids(
+            self.video_token
+        )
+        # Skip Qwen2_5_VLProcessor.__init__, which requires the video processor.
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+
+def load_mllm_processor(path: str | os.PathLike) -> ProcessorMixin:
+    """The stock Qwen2.5-VL processor when torchvision is installed, else :class:`QwenVLImageProcessor`."""
+    if importlib.util.find_spec("torchvision") is not None:
+        return Qwen2_5_VLProcessor.from_pretrained(path)
+    return QwenVLImageProcessor.from_pretrained(path)
+
+
+def prescale_for_mllm(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Shrink a reference before the MLLM processor: x0.3 above 720x1280 pixels, else x0.75 (int sides)."""
+    w, h = image.size
+    factor = 0.3 if w * h > _LARGE_IMAGE_PIXELS else 0.75
+    return image.resize((int(w * factor), int(h * factor)), PIL.Image.Resampling.BICUBIC)
+
+
+def build_mllm_messages(prompt: str, num_images: int) -> list[dict]:
+    """One user turn: the prompt text first, then one image entry per reference, in order."""
+    content = [{"type": "text", "text": prompt}] + [{"type": "image"} for _ in range(num_images)]
+    return [{"role": "user", "content": content}]
+
+
+def mllm_inputs(processor: ProcessorMixin, prompt: str, images: Sequence[PIL.Image.Image]):
+    """Tokenised chat (default system message, generation prompt) and pre-scaled image pixels."""
+    text = processor.apply_chat_template(
+        build_mllm_messages(prompt, len(images)), tokenize=False, add_generation_prompt=True
+    )
+    scaled = [prescale_for_mllm(image) for image in images]
+    return processor(text=[text], images=scaled or None, return_tensors="pt")
+
+
+@torch.no_grad()
+def encode_mllm(
+    mllm: torch.nn.Module, processor: ProcessorMixin, prompt: str, images: Sequence[PIL.Image.Image]
+):
+    """``(1, L, hidden)`` pre-final-norm states of the last decoder layer, for one prompt + references."""
+    inputs = mllm_inputs(processor, prompt, images)
+    model = getattr(mllm, "model", mllm)  # Qwen2_5_VLModel: the LM head is not needed
+    param = next(model.parameters())
+    inputs = {k: v.to(param.device) for k, v in inputs.items()}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(param.dtype)
+
+    captured: list[torch.Tensor] = []
+    hook = model.language_model.norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+    try:
+        model(**inputs, use_cache=False)
+    finally:
+        hook.remove()
+    return captured[-1]
+
+
+def load_mllm_states(source: torch.Tensor | str | os.PathLike, mllm_dim: int, name: str = "MLLM states"):
+    """Precomputed MLLM states as ``(1, L, mllm_dim)``: a tensor, or a ``.pt`` file in the released format.
+
+    The released files are bare ``torch.save``d bf16 tensors of shape ``(1, L, 3584)``.
+    """
+    label = name
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        label = f"{name} file {path}"
+        if not path.is_file():
+            raise MLLMStateError(f"{label} not found")
+        try:
+            source = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch.load raises many types for a corrupt or foreign file
+            raise MLLMStateError(f"{label} is not a readable torch file: {err}") from err
+    if not isinstance(source, torch.Tensor):
+        raise MLLMStateError(
+            f"{label} must hold a tensor of shape (1, L, {mllm_dim}), got {type(source).__name__}"
+        )
+    states = source[None] if source.ndim == 2 else source
+    if (
+        states.ndim != 3
+        or states.shape[0] != 1
+        or states.shape[-1] != mllm_dim
+        or not states.is_floating_point()
+    ):
+        raise MLLMStateError(
+            f"{label} has shape {tuple(source.shape)} ({source.dtype}); expected a float tensor (1, L, {mllm_dim}) "
+            f"matching the transformer's mllm_dim={mllm_dim}"
+        )
+    return states

@@ -1,0 +1,102 @@
+"""Reference images: loading, validation and letterboxing (spec 2.1)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+logger = logging.getLogger(__name__)
+
+MAX_REFERENCES = 4
+
+ReferenceInput = str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+class ReferenceError(ValueError):
+    """A reference image that cannot be used; the message names it."""
+
+
+def load_reference(reference: ReferenceInput, name: str = "reference") -> PIL.Image.Image:
+    """Load one reference as an RGB PIL image.
+
+    Accepts a path, a PIL image, an ``(H, W, 3)`` uint8 array / tensor, or a float one in [0, 1].
+    """
+    if isinstance(reference, (str, os.PathLike)):
+        path = Path(reference)
+        if not path.is_file():
+            raise ReferenceError(f"{name}: image file not found: {path}")
+        try:
+            with PIL.Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, PIL.UnidentifiedImageError) as err:
+            raise ReferenceError(f"{name}: cannot read image {path}: {err}") from err
+    if isinstance(reference, PIL.Image.Image):
+        return reference.convert("RGB")
+    if isinstance(reference, torch.Tensor):
+        reference = reference.detach().cpu().numpy()
+    if isinstance(reference, np.ndarray):
+        if reference.ndim != 3 or reference.shape[-1] != 3:
+            raise ReferenceError(f"{name}: array must have shape (H, W, 3), got {reference.shape}")
+        if reference.dtype != np.uint8:
+            if reference.min() < 0 or reference.max() > 1:
+                raise ReferenceError(f"{name}: float array values must lie in [0, 1]")
+            reference = np.round(reference * 255).astype(np.uint8)
+        return PIL.Image.fromarray(reference, mode="RGB")
+    raise ReferenceError(f"{name}: unsupported reference type {type(reference).__name__}")
+
+
+def load_references(references: ReferenceInput | Sequence[ReferenceInput]) -> list[PIL.Image.Image]:
+    """Load 1-4 references in order; more than 4 are dropped with a warning (as the release does)."""
+    if isinstance(references, (str, os.PathLike, PIL.Image.Image, np.ndarray, torch.Tensor)):
+        references = [references]
+    references = list(references)
+    if not references:
+        raise ReferenceError("at least one reference image is required (got 0)")
+    if len(references) > MAX_REFERENCES:
+        logger.warning(
+            "%d reference images given; BindWeave uses at most %d, keeping the first %d",
+            len(references),
+            MAX_REFERENCES,
+            MAX_REFERENCES,
+        )
+        references = references[:MAX_REFERENCES]
+    return [load_reference(ref, name=f"reference {i}") for i, ref in enumerate(references)]
+
+
+@dataclass(frozen=True)
+class Letterboxed:
+    """A reference pasted on a black canvas of the target size.
+
+    Attributes:
+        canvas: ``(3, H, W)`` float32 in [0, 1].
+        mask: ``(H, W)`` float32, 1 on the pasted rectangle, 0 on the border.
+        box: ``(left, top, width, height)`` of the pasted rectangle.
+    """
+
+    canvas: torch.Tensor
+    mask: torch.Tensor
+    box: tuple[int, int, int, int]
+
+
+def letterbox(image: PIL.Image.Image, height: int, width: int) -> Letterboxed:
+    """Fit ``image`` inside ``height x width`` without enlarging it, centred on black (spec 2.1)."""
+    w, h = image.size
+    scale = min(width / w, height / h, 1.0)
+    new_w, new_h = max(1, int(w * scale)), max(1, int(h * scale))
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), PIL.Image.Resampling.LANCZOS)
+    left, top = (width - new_w) // 2, (height - new_h) // 2
+
+    canvas = torch.zeros(3, height, width)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    canvas[:, top : top + new_h, left : left + new_w] = pixels
+    mask = torch.zeros(height, width)
+    mask[top : top + new_h, left : left + new_w] = 1.0
+    return Letterboxed(canvas=canvas, mask=mask, box=(left, top, new_w, new_h))

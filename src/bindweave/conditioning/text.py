@@ -1,0 +1,44 @@
+"""T5 stream: umT5 states of the cleaned prompt, zeroed past its length and padded to 512 (spec 2.6)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.pipelines.wan.pipeline_wan_i2v import prompt_clean
+
+T5_MAX_TOKENS = 512
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, "
+    "messy background, three legs, many people in the background, walking backwards, split screen, divided "
+    "frame, frame split, multiple parts, separated"
+)
+
+
+@torch.no_grad()
+def encode_t5(
+    tokenizer,
+    text_encoder: torch.nn.Module,
+    prompts: str | list[str],
+    max_length: int = T5_MAX_TOKENS,
+) -> torch.Tensor:
+    """``prompts`` -> ``(B, max_length, dim)`` umT5 encoder states.
+
+    Prompts are cleaned as Wan does (ftfy, HTML unescape, whitespace collapse) and truncated to
+    ``max_length`` tokens; positions past each prompt's real length are exactly zero.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    tokens = tokenizer(
+        [prompt_clean(p) for p in prompts],
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    device = next(text_encoder.parameters()).device
+    mask = tokens.attention_mask.to(device)
+    states = text_encoder(tokens.input_ids.to(device), attention_mask=mask).last_hidden_state  # (B, 512, D)
+    return states * mask[..., None].to(states.dtype)

@@ -1,0 +1,350 @@
+"""BindWeavePipeline: subject-to-video generation (spec 2 and 3)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import PIL.Image
+import torch
+from diffusers import AutoencoderKLWan, DiffusionPipeline, UniPCMultistepScheduler
+from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import (
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPVisionModel,
+    PreTrainedModel,
+    ProcessorMixin,
+    Qwen2_5_VLForConditionalGeneration,
+    UMT5EncoderModel,
+)
+
+from .conditioning.clip import clip_pixel_values, encode_clip, pack_clip_tokens
+from .conditioning.latents import (
+    build_condition,
+    denormalize_latents,
+    encode_references,
+    latent_frame_count,
+    reference_slots,
+    zero_video_condition,
+)
+from .conditioning.mllm import MLLM_NEGATIVE_SUFFIX, encode_mllm, load_mllm_processor, load_mllm_states
+from .conditioning.references import Letterboxed, ReferenceInput, letterbox, load_references
+from .conditioning.text import DEFAULT_NEGATIVE_PROMPT, encode_t5
+from .denoiser import Conditioning, guided_velocity
+from .flow import sampling_scheduler
+from .models import BindWeaveTransformer3DModel
+
+MLLMStates = torch.Tensor | str | os.PathLike
+
+
+class BindWeavePipeline(DiffusionPipeline):
+    r"""Generate a video of the given reference subjects acting as the prompt says.
+
+    Components:
+        tokenizer / text_encoder: umT5-XXL (Wan2.1).
+        image_encoder / image_processor: CLIP ViT-H/14 vision tower (Wan2.1 I2V); the processor only
+            supplies the input size and normalisation, the resize itself follows the release (spec 2.2).
+        vae: Wan 2.1 ``AutoencoderKLWan``.
+        transformer: [`BindWeaveTransformer3DModel`].
+        scheduler: UniPC flow sampler (:func:`bindweave.flow.sampling_scheduler`).
+        mllm / mllm_processor: Qwen2.5-VL and its processor; optional when MLLM states are given.
+    """
+
+    model_cpu_offload_seq = "mllm->text_encoder->image_encoder->vae->transformer"
+    _optional_components = ["mllm", "mllm_processor"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        tokenizer: AutoTokenizer,
+        text_encoder: UMT5EncoderModel,
+        image_encoder: CLIPVisionModel,
+        image_processor: CLIPImageProcessor,
+        vae: AutoencoderKLWan,
+        transformer: BindWeaveTransformer3DModel,
+        scheduler: UniPCMultistepScheduler,
+        mllm: PreTrainedModel | None = None,
+        mllm_processor: ProcessorMixin | None = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            image_encoder=image_encoder,
+            image_processor=image_processor,
+            vae=vae,
+            transformer=transformer,
+            scheduler=scheduler,
+            mllm=mllm,
+            mllm_processor=mllm_processor,
+        )
+        self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal
+        self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+        self._zero_video_cache: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_released(
+        cls,
+        wan_path: str | os.PathLike,
+        transformer_path: str | os.PathLike,
+        mllm_path: str | os.PathLike | None = None,
+        torch_dtype: torch.dtype = torch.bfloat16,
+        **transformer_kwargs: Any,
+    ) -> BindWeavePipeline:
+        """Assemble the pipeline from the three released folders.
+
+        Args:
+            wan_path: a ``Wan2.1-I2V-14B-720P-Diffusers`` folder (umT5, CLIP, VAE; its transformer and
+                scheduler are not used).
+            transformer_path: the BindWeave checkpoint folder (with or without ``config.json``).
+            mllm_path: a ``Qwen2.5-VL-7B-Instruct`` folder; leave out to pass precomputed MLLM states.
+            torch_dtype: dtype of the transformer, umT5, CLIP and MLLM. The VAE stays float32, as Wan does.
+            transformer_kwargs: config overrides for a configless transformer folder of another size.
+        """
+        mllm = mllm_processor = None
+        if mllm_path is not None:
+            mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(mllm_path, dtype=torch_dtype)
+            mllm_processor = load_mllm_processor(mllm_path)
+        return cls(
+            tokenizer=AutoTokenizer.from_pretrained(wan_path, subfolder="tokenizer"),
+            text_encoder=UMT5EncoderModel.from_pretrained(
+                wan_path, subfolder="text_encoder", dtype=torch_dtype
+            ),
+            image_encoder=CLIPVisionModel.from_pretrained(
+                wan_path, subfolder="image_encoder", dtype=torch_dtype
+            ),
+            image_processor=CLIPImageProcessor.from_pretrained(wan_path, subfolder="image_processor"),
+            vae=AutoencoderKLWan.from_pretrained(wan_path, subfolder="vae", torch_dtype=torch.float32),
+            transformer=BindWeaveTransformer3DModel.from_pretrained(
+                transformer_path, torch_dtype=torch_dtype, **transformer_kwargs
+            ),
+            # The released sampler settings (flow_shift 3), not the Wan folder's scheduler config.
+            scheduler=sampling_scheduler(),
+            mllm=mllm,
+            mllm_processor=mllm_processor,
+        )
+
+    # ------------------------------------------------------------------ steps
+
+    def check_inputs(
+        self, prompt: str, height: int, width: int, num_frames: int, guidance_scale: float
+    ) -> None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        multiple = self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
+        if height <= 0 or width <= 0 or height % multiple or width % multiple:
+            raise ValueError(
+                f"height and width must be positive multiples of {multiple}, got {height}x{width}"
+            )
+        latent_frame_count(num_frames, self.vae_scale_factor_temporal)
+        if guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1, got {guidance_scale}")
+
+    def prepare_references(
+        self, reference_images: ReferenceInput | Sequence[ReferenceInput], height: int, width: int
+    ) -> tuple[list[PIL.Image.Image], list[Letterboxed]]:
+        images = load_references(reference_images)
+        return images, [letterbox(image, height, width) for image in images]
+
+    def encode_text(
+        self, prompt: str, negative_prompt: str, do_cfg: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        prompts = [prompt, negative_prompt] if do_cfg else [prompt]
+        states = encode_t5(self.tokenizer, self.text_encoder, prompts)  # (1 or 2, 512, text_dim)
+        return states[:1], (states[1:] if do_cfg else None)
+
+    def encode_mllm_states(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        images: list[PIL.Image.Image],
+        mllm_hidden_states: MLLMStates | None,
+        negative_mllm_hidden_states: MLLMStates | None,
+        do_cfg: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Positive and negative MLLM states, each ``(1, L, mllm_dim)``, given or computed."""
+        mllm_dim = self.transformer.config.mllm_dim
+
+        def states_for(given: MLLMStates | None, text: str, name: str) -> torch.Tensor:
+            if given is not None:
+                return load_mllm_states(given, mllm_dim, name=name)
+            if self.mllm is None or self.mllm_processor is None:
+                raise ValueError(
+                    f"{name} were not given and the pipeline has no mllm / mllm_processor to compute them"
+                )
+            return load_mllm_states(
+                encode_mllm(self.mllm, self.mllm_processor, text, images), mllm_dim, name=name
+            )
+
+        positive = states_for(mllm_hidden_states, prompt, "mllm_hidden_states")
+        if not do_cfg:
+            return positive, None
+        negative_text = negative_prompt + MLLM_NEGATIVE_SUFFIX
+        return positive, states_for(negative_mllm_hidden_states, negative_text, "negative_mllm_hidden_states")
+
+    def encode_clip_tokens(self, boxes: list[Letterboxed]) -> torch.Tensor:
+        size = self.image_encoder.config.image_size
+        pixels = clip_pixel_values(
+            torch.stack([b.canvas for b in boxes]),
+            size=size,
+            mean=self.image_processor.image_mean,
+            std=self.image_processor.image_std,
+        )  # (N, 3, 224, 224)
+        features = encode_clip(self.image_encoder, pixels)  # (N, 257, 1280)
+        if features.shape[1] != self.transformer.config.image_context_tokens:
+            raise ValueError(
+                f"the image encoder gives {features.shape[1]} tokens per image but the transformer's "
+                f"image_context_tokens is {self.transformer.config.image_context_tokens}"
+            )
+        return pack_clip_tokens(features, self.transformer.config.num_reference_slots)  # (1, 4*257, 1280)
+
+    def prepare_condition(
+        self, boxes: list[Letterboxed], num_frames: int, height: int, width: int
+    ) -> torch.Tensor:
+        canvases = torch.stack([b.canvas for b in boxes])  # (N, 3, H, W)
+        latents = encode_references(self.vae, canvases)  # (N, z, 1, h, w)
+        slots = reference_slots(
+            latents, torch.stack([b.mask for b in boxes]), self.transformer.config.num_reference_slots
+        )
+        # The grey-video part depends only on the size: encode it once per size.
+        key = (num_frames, height, width, self.vae.device, self.vae.dtype)
+        if key not in self._zero_video_cache:
+            self._zero_video_cache = {key: zero_video_condition(self.vae, num_frames, height, width)}
+        return build_condition(slots, self._zero_video_cache[key])  # (1, 4+z, 4+F', h, w)
+
+    def prepare_latents(
+        self,
+        num_frames: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None,
+        device: torch.device,
+    ) -> torch.Tensor:
+        shape = (
+            1,
+            self.vae.config.z_dim,
+            latent_frame_count(num_frames, self.vae_scale_factor_temporal),
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )
+        return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        cond: Conditioning,
+        uncond: Conditioning | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        callback_on_step_end: Callable | None,
+    ) -> torch.Tensor:
+        device = latents.device
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(self.scheduler.timesteps):
+                if self.interrupt:
+                    break
+                timestep = t.expand(latents.shape[0]).to(device)
+                velocity = guided_velocity(self.transformer, latents, timestep, cond, uncond, guidance_scale)
+                latents = self.scheduler.step(velocity.float(), t, latents, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    outputs = callback_on_step_end(self, i, t, {"latents": latents})
+                    latents = outputs.pop("latents", latents)
+                progress_bar.update()
+        return latents
+
+    def decode(self, latents: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return latents
+        latents = denormalize_latents(latents.to(self.vae.dtype), self.vae)
+        video = self.vae.decode(latents, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
+        return self.video_processor.postprocess_video(video, output_type=output_type)
+
+    @property
+    def interrupt(self) -> bool:
+        return getattr(self, "_interrupt", False)
+
+    # ------------------------------------------------------------------ call
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        reference_images: ReferenceInput | Sequence[ReferenceInput],
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        height: int = 720,
+        width: int = 1280,
+        num_frames: int = 81,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        generator: torch.Generator | None = None,
+        mllm_hidden_states: MLLMStates | None = None,
+        negative_mllm_hidden_states: MLLMStates | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[BindWeavePipeline, int, torch.Tensor, dict], dict] | None = None,
+    ) -> WanPipelineOutput | tuple:
+        r"""Generate a video.
+
+        Args:
+            prompt: what the subjects do.
+            reference_images: 1-4 references (paths, PIL images or ``(H, W, 3)`` arrays); more are dropped.
+            negative_prompt: the unconditional prompt for umT5; the MLLM reads it with
+                ``MLLM_NEGATIVE_SUFFIX`` appended, as the release did.
+            height, width: output size, multiples of 16.
+            num_frames: ``4k + 1`` frames (81 at 16 fps in the release).
+            num_inference_steps: UniPC steps (50).
+            guidance_scale: classifier-free guidance (5.0); 1 disables the unconditional branch.
+            generator: for the initial noise.
+            mllm_hidden_states, negative_mllm_hidden_states: precomputed MLLM states, ``(1, L, mllm_dim)``
+                tensors or released-format ``.pt`` files; computed with ``mllm`` when left out.
+            output_type: ``"np"`` (``(1, F, H, W, 3)`` floats in [0, 1]), ``"pt"``, ``"pil"`` or ``"latent"``.
+            callback_on_step_end: called as ``fn(pipe, step, t, {"latents": ...})`` after each step; may
+                return replaced latents. Setting ``pipe._interrupt = True`` stops the loop.
+
+        Returns:
+            [`WanPipelineOutput`] with ``frames``, or a tuple ``(frames,)``.
+        """
+        # 1. Check inputs and load the references (1-4, in order).
+        self.check_inputs(prompt, height, width, num_frames, guidance_scale)
+        self._interrupt = False
+        do_cfg = guidance_scale != 1.0
+        device = self._execution_device
+        images, boxes = self.prepare_references(reference_images, height, width)
+
+        # 2. MLLM states of prompt + references: (1, L, 3584) each branch. First, so offloading can drop it.
+        mllm, negative_mllm = self.encode_mllm_states(
+            prompt, negative_prompt, images, mllm_hidden_states, negative_mllm_hidden_states, do_cfg
+        )
+
+        # 3. umT5 states: (1, 512, 4096) each branch.
+        text, negative_text = self.encode_text(prompt, negative_prompt, do_cfg)
+
+        # 4. CLIP tokens of the letterboxed references: (1, 4 * 257, 1280).
+        image_tokens = self.encode_clip_tokens(boxes)
+
+        # 5. VAE condition: reference slots + grey video, (1, 4 + 16, 4 + 21, 90, 160).
+        condition = self.prepare_condition(boxes, num_frames, height, width)
+
+        cond = Conditioning(text=text, image=image_tokens, mllm=mllm, condition=condition).to(device)
+        uncond = cond.with_prompt(negative_text.to(device), negative_mllm.to(device)) if do_cfg else None
+
+        # 6. Initial noise: (1, 16, 21, 90, 160).
+        latents = self.prepare_latents(num_frames, height, width, generator, device)
+
+        # 7. Denoise with UniPC and CFG (the two branches differ only in umT5 and MLLM states).
+        latents = self.denoise(
+            latents, cond, uncond, num_inference_steps, guidance_scale, callback_on_step_end
+        )
+
+        # 8. Decode: (1, 3, 81, 720, 1280) -> frames.
+        video = self.decode(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (video,)
+        return WanPipelineOutput(frames=video)
