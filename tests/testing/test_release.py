@@ -267,9 +267,7 @@ def test_qwen_folder_reloads_and_runs_a_chat_with_one_image(release: ReleaseFold
 
 def _safetensors(folders: ReleaseFolders) -> dict[str, bytes]:
     root = folders.wan.parent
-    return {
-        str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*.safetensors"))
-    }
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*.safetensors"))}
 
 
 def test_same_seed_gives_identical_weights(release: ReleaseFolders, release_again: ReleaseFolders) -> None:

@@ -165,8 +165,11 @@ def normalize_metric(metric: str, values: Iterable[float | None]) -> float | Non
 class TotalScore:
     """A weighted TotalScore and exactly which terms it is made of.
 
-    ``value`` is in [0, 1] (``None`` when no term is available). When ``partial`` is true, ``value`` is the
-    weighted mean over ``included`` only (weights renormalised) and is not comparable with a full total.
+    ``value`` is in [0, 1] (``None`` when no term is available). Whenever a weighted term is not included,
+    ``value`` is the weighted mean over ``included`` only (weights renormalised). ``missing`` terms were not
+    measured (the total is ``partial`` and not comparable with a full one); ``not_applicable`` terms do not
+    apply to these videos at all (e.g. FaceSim for an object-only category), which is expected in
+    per-category tables and does not make the total partial.
     """
 
     value: float | None
@@ -175,6 +178,7 @@ class TotalScore:
     weights: dict[str, float] = field(default_factory=dict)
     domain: str = "Open-Domain"
     version: str = "v1.1"
+    not_applicable: tuple[str, ...] = ()
 
     @property
     def partial(self) -> bool:
@@ -190,6 +194,7 @@ class TotalScore:
             "partial": self.partial,
             "included": list(self.included),
             "missing": list(self.missing),
+            "not_applicable": list(self.not_applicable),
             "weight_covered": self.weight_covered,
             "weights": dict(self.weights),
             "domain": self.domain,
@@ -198,17 +203,25 @@ class TotalScore:
 
 
 def total_score(
-    normalized: Mapping[str, float | None], domain: str = "Open-Domain", version: str = "v1.1"
+    normalized: Mapping[str, float | None],
+    domain: str = "Open-Domain",
+    version: str = "v1.1",
+    not_applicable: Iterable[str] = (),
 ) -> TotalScore:
-    """Weighted TotalScore from normalised metric scores (in [0, 1]; ``None`` or absent = missing)."""
+    """Weighted TotalScore from normalised metric scores (in [0, 1]; ``None`` or absent = missing).
+
+    Terms named in ``not_applicable`` (and without a value) are left out without making the total partial.
+    """
     weights = weights_for(domain, version)
+    na = set(not_applicable)
     included = tuple(m for m in weights if normalized.get(m) is not None)
-    missing = tuple(m for m in weights if normalized.get(m) is None)
+    skipped = tuple(m for m in weights if normalized.get(m) is None and m in na)
+    missing = tuple(m for m in weights if normalized.get(m) is None and m not in na)
     covered = sum(weights[m] for m in included)
     value = None
     if included:
         value = sum(weights[m] * float(normalized[m]) for m in included) / covered
-    return TotalScore(value, included, missing, weights, domain, version)
+    return TotalScore(value, included, missing, weights, domain, version, skipped)
 
 
 @dataclass(frozen=True)
@@ -234,12 +247,22 @@ def aggregate(
     domain: str = "Open-Domain",
     version: str = "v1.1",
     metrics: Sequence[str] = METRICS,
+    not_applicable: Sequence[Iterable[str]] | None = None,
 ) -> Aggregate:
-    """Normalise each metric over ``per_video`` (one ``{metric: raw value}`` dict per video) and total them."""
+    """Normalise each metric over ``per_video`` (one ``{metric: raw value}`` dict per video) and total them.
+
+    ``not_applicable`` (one collection per video) names the metrics that do not apply to that video; a
+    metric with no value that applies to none of the videos is "not applicable" rather than missing.
+    """
     normalized: dict[str, float | None] = {}
     counts: dict[str, int] = {}
+    na_sets = [set(x) for x in not_applicable] if not_applicable is not None else [set() for _ in per_video]
+    if len(na_sets) != len(per_video):
+        raise ValueError("not_applicable must have one entry per video")
     for m in metrics:
         values = [v.get(m) for v in per_video]
         counts[m] = sum(1 for x in values if x is not None)
         normalized[m] = normalize_metric(m, values)
-    return Aggregate(normalized, counts, total_score(normalized, domain, version), len(per_video))
+    unused = [m for m in metrics if counts[m] == 0 and per_video and all(m in na for na in na_sets)]
+    total = total_score(normalized, domain, version, not_applicable=unused)
+    return Aggregate(normalized, counts, total, len(per_video))

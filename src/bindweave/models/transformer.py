@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import WanTransformer3DModel
+from diffusers import ModelMixin, WanTransformer3DModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import PixArtAlphaTextProjection
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
@@ -28,6 +28,10 @@ from .attention import BindWeaveAttnProcessor
 from .checkpoint import CheckpointError, checkpoint_shapes, compare_to_model
 
 logger = logging.get_logger(__name__)
+
+# DiffusionPipeline.from_pretrained finds a custom component's loader by looking its base class up by name
+# in the component's module, so this module must expose ModelMixin.
+__all__ = ["BindWeaveTransformer3DModel", "ModelMixin"]
 
 # Keyword arguments of ``ConfigMixin.load_config`` that concern finding the file, not the config.
 _HUB_KWARGS = (

@@ -1,7 +1,29 @@
-"""Offline test fixtures: tiny, randomly initialised components saved in the real on-disk layouts."""
+"""Offline test fixtures: tiny, randomly initialised components saved in the real on-disk layouts.
 
-from bindweave.testing.release import ReleaseFolders, build_tiny_release, tiny_transformer_kwargs
-from bindweave.testing.tokenizers import QWEN2_5_VL_CHAT_TEMPLATE, build_qwen2_tokenizer, build_umt5_tokenizer
+Names are imported lazily so that using only the tokenizers does not pull in diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bindweave.testing.release import ReleaseFolders, build_tiny_release, tiny_transformer_kwargs
+    from bindweave.testing.tokenizers import (
+        QWEN2_5_VL_CHAT_TEMPLATE,
+        build_qwen2_tokenizer,
+        build_umt5_tokenizer,
+    )
+
+_EXPORTS = {
+    "QWEN2_5_VL_CHAT_TEMPLATE": "tokenizers",
+    "build_qwen2_tokenizer": "tokenizers",
+    "build_umt5_tokenizer": "tokenizers",
+    "ReleaseFolders": "release",
+    "build_tiny_release": "release",
+    "tiny_transformer_kwargs": "release",
+}
 
 __all__ = [
     "QWEN2_5_VL_CHAT_TEMPLATE",
@@ -11,3 +33,9 @@ __all__ = [
     "build_umt5_tokenizer",
     "tiny_transformer_kwargs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -54,6 +54,9 @@ __all__ = [
     "ReleaseFolders",
     "build_tiny_release",
     "tiny_transformer_kwargs",
+    "write_bindweave_transformer",
+    "write_qwen2_5_vl",
+    "write_wan_i2v",
 ]
 
 #: CLIP normalisation (spec 2.2); also the Qwen2.5-VL image processor's mean/std.
