@@ -69,6 +69,9 @@ class BindWeavePipeline(DiffusionPipeline):
         scheduler: UniPCMultistepScheduler,
         mllm: PreTrainedModel | None = None,
         mllm_processor: ProcessorMixin | None = None,
+        default_height: int = 720,
+        default_width: int = 1280,
+        default_num_frames: int = 81,
     ):
         super().__init__()
         self.register_modules(
@@ -81,6 +84,10 @@ class BindWeavePipeline(DiffusionPipeline):
             scheduler=scheduler,
             mllm=mllm,
             mllm_processor=mllm_processor,
+        )
+        # The model's native size, saved in model_index.json: 720x1280x81 for the released model.
+        self.register_to_config(
+            default_height=default_height, default_width=default_width, default_num_frames=default_num_frames
         )
         self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial
@@ -119,9 +126,9 @@ class BindWeavePipeline(DiffusionPipeline):
                 wan_path, subfolder="image_encoder", dtype=torch_dtype
             ),
             image_processor=CLIPImageProcessor.from_pretrained(wan_path, subfolder="image_processor"),
-            vae=AutoencoderKLWan.from_pretrained(wan_path, subfolder="vae", torch_dtype=torch.float32),
+            vae=AutoencoderKLWan.from_pretrained(wan_path, subfolder="vae", dtype=torch.float32),
             transformer=BindWeaveTransformer3DModel.from_pretrained(
-                transformer_path, torch_dtype=torch_dtype, **transformer_kwargs
+                transformer_path, dtype=torch_dtype, **transformer_kwargs
             ),
             # The released sampler settings (flow_shift 3), not the Wan folder's scheduler config.
             scheduler=sampling_scheduler(),
@@ -277,9 +284,9 @@ class BindWeavePipeline(DiffusionPipeline):
         prompt: str,
         reference_images: ReferenceInput | Sequence[ReferenceInput],
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        height: int = 720,
-        width: int = 1280,
-        num_frames: int = 81,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 5.0,
         generator: torch.Generator | None = None,
@@ -296,8 +303,9 @@ class BindWeavePipeline(DiffusionPipeline):
             reference_images: 1-4 references (paths, PIL images or ``(H, W, 3)`` arrays); more are dropped.
             negative_prompt: the unconditional prompt for umT5; the MLLM reads it with
                 ``MLLM_NEGATIVE_SUFFIX`` appended, as the release did.
-            height, width: output size, multiples of 16.
-            num_frames: ``4k + 1`` frames (81 at 16 fps in the release).
+            height, width: output size, multiples of 16; default the model's native size
+                (``default_height`` / ``default_width`` in its config: 720x1280 for the released model).
+            num_frames: ``4k + 1`` frames; default ``default_num_frames`` (81, at 16 fps, when released).
             num_inference_steps: UniPC steps (50).
             guidance_scale: classifier-free guidance (5.0); 1 disables the unconditional branch.
             generator: for the initial noise.
@@ -311,6 +319,9 @@ class BindWeavePipeline(DiffusionPipeline):
             [`WanPipelineOutput`] with ``frames``, or a tuple ``(frames,)``.
         """
         # 1. Check inputs and load the references (1-4, in order).
+        height = self.config.default_height if height is None else height
+        width = self.config.default_width if width is None else width
+        num_frames = self.config.default_num_frames if num_frames is None else num_frames
         self.check_inputs(prompt, height, width, num_frames, guidance_scale)
         self._interrupt = False
         do_cfg = guidance_scale != 1.0

@@ -111,8 +111,11 @@ class ChatClient:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         elif self.api_key_env and not self._warned_no_key:
-            log.warning("environment variable %s is not set: calling %s without an API key",
-                        self.api_key_env, self.url)
+            log.warning(
+                "environment variable %s is not set: calling %s without an API key",
+                self.api_key_env,
+                self.url,
+            )
             self._warned_no_key = True
         return headers
 
@@ -144,8 +147,14 @@ class ChatClient:
                 reason = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
             if attempt + 1 < attempts:
                 wait = min(self.backoff * (2**attempt), self.max_backoff)
-                log.warning("chat request to %s failed (%s); retry %d/%d in %.1fs",
-                            self.url, reason, attempt + 1, self.retries, wait)
+                log.warning(
+                    "chat request to %s failed (%s); retry %d/%d in %.1fs",
+                    self.url,
+                    reason,
+                    attempt + 1,
+                    self.retries,
+                    wait,
+                )
                 self._sleep(wait)
         raise ChatEndpointError(
             f"{self.url} failed after {attempts} attempt(s); last error: {last_error}"

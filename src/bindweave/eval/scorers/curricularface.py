@@ -72,7 +72,9 @@ class IRBackbone(nn.Module):
         if len(units) != len(widths):
             raise ValueError("units and widths must have the same length")
         stem = widths[0]
-        self.input_layer = nn.Sequential(nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem))
+        self.input_layer = nn.Sequential(
+            nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem)
+        )
         blocks: list[nn.Module] = []
         in_channels = stem
         for count, depth in zip(units, widths, strict=True):

@@ -133,12 +133,16 @@ def detect_face(detector: FaceDetector, image_bgr: np.ndarray) -> Face | None:
         return face
     h, w = image_bgr.shape[:2]
     pad_y, pad_x = int(h * (PAD_SCALE - 1)), int(w * (PAD_SCALE - 1))
-    padded = cv2.copyMakeBorder(image_bgr, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    padded = cv2.copyMakeBorder(
+        image_bgr, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_CONSTANT, value=(128, 128, 128)
+    )
     face = _largest(detector(padded))
     if face is None:
         return None
     offset = np.array([pad_x, pad_y], dtype=np.float64)
-    return Face(bbox=np.asarray(face.bbox, np.float64) - np.tile(offset, 2), kps=np.asarray(face.kps) - offset)
+    return Face(
+        bbox=np.asarray(face.bbox, np.float64) - np.tile(offset, 2), kps=np.asarray(face.kps) - offset
+    )
 
 
 def aligned_face(detector: FaceDetector, image_rgb: np.ndarray) -> np.ndarray | None:
@@ -203,11 +207,15 @@ class FaceSimScorer:
     def __call__(self, sample: VideoSample) -> Scored:
         index = human_reference_index([str(p) for p in sample.reference_paths], sample.class_labels)
         if index is None:
-            raise ValueError(f"{sample.id}: FaceSim needs a human reference, none found in {sample.reference_paths}")
+            raise ValueError(
+                f"{sample.id}: FaceSim needs a human reference, none found in {sample.reference_paths}"
+            )
         reference = np.asarray(sample.reference_images()[index])
         ref_face = aligned_face(self.detector, reference)
         if ref_face is None:
-            raise ValueError(f"{sample.id}: no face detected in the reference {sample.reference_paths[index]}")
+            raise ValueError(
+                f"{sample.id}: no face detected in the reference {sample.reference_paths[index]}"
+            )
         ref = self.embed(ref_face)
         scores = []
         frames = sample.sampled_frames(self.num_frames)
@@ -226,13 +234,17 @@ class InsightFaceDetector:
     """Adapter to insightface ``FaceAnalysis`` (det_size 320x320, as released). NOT VERIFIED HERE: needs
     the ``insightface`` and ``onnxruntime`` packages and the ``face_extractor`` model folder."""
 
-    def __init__(self, root: str | Path, providers: Sequence[str] = ("CUDAExecutionProvider", "CPUExecutionProvider")):
+    def __init__(
+        self, root: str | Path, providers: Sequence[str] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    ):
         root = Path(root)
         require_files("facesim_cur", [(root, INSIGHTFACE_SOURCE)])
         try:
             from insightface.app import FaceAnalysis
         except ImportError as exc:
-            raise ImportError("facesim_cur needs the insightface package (pip install insightface onnxruntime)") from exc
+            raise ImportError(
+                "facesim_cur needs the insightface package (pip install insightface onnxruntime)"
+            ) from exc
         self.app = FaceAnalysis(root=str(root), providers=list(providers))
         self.app.prepare(ctx_id=0, det_size=(320, 320))
 

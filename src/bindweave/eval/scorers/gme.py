@@ -56,7 +56,9 @@ class GmeScorer:
     def __call__(self, sample: VideoSample) -> float:
         if not sample.prompt.strip():
             raise ValueError(f"{sample.id}: GmeScore needs the case prompt, it is empty")
-        return float(text_image_similarity(self.gme, sample.prompt, sample.sampled_images(self.num_frames)).mean())
+        return float(
+            text_image_similarity(self.gme, sample.prompt, sample.sampled_images(self.num_frames)).mean()
+        )
 
 
 class GmeQwen2VLEmbedder:
@@ -75,7 +77,9 @@ class GmeQwen2VLEmbedder:
         self.model = module.GmeQwen2VL(model_name=str(model_path), model_path=str(model_path), device=device)
 
     def embed_texts(self, texts: Sequence[str], instruction: str) -> torch.Tensor:
-        return self.model.get_text_embeddings(texts=list(texts), instruction=instruction, show_progress_bar=False)
+        return self.model.get_text_embeddings(
+            texts=list(texts), instruction=instruction, show_progress_bar=False
+        )
 
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return self.model.get_image_embeddings(images=list(images), is_query=False, show_progress_bar=False)

@@ -30,7 +30,13 @@ from typing import Protocol
 import torch
 from PIL import Image
 
-from bindweave.eval.scorers.base import DEFAULT_NUM_FRAMES, Scored, VideoSample, require_files, require_weights
+from bindweave.eval.scorers.base import (
+    DEFAULT_NUM_FRAMES,
+    Scored,
+    VideoSample,
+    require_files,
+    require_weights,
+)
 from bindweave.eval.scorers.gme import GME_TEXT_INSTRUCTION, GmeEmbedder
 
 __all__ = [
@@ -108,7 +114,10 @@ def filter_detections(
     if len(scores) > max_boxes:
         top = scores.float().topk(max_boxes).indices
         boxes, scores = boxes[top], scores[top]
-    return [Detection(tuple(float(v) for v in b), float(s)) for b, s in zip(boxes.tolist(), scores.tolist())]
+    return [
+        Detection(tuple(float(v) for v in b), float(s))
+        for b, s in zip(boxes.tolist(), scores.tolist(), strict=True)
+    ]
 
 
 def nexus_label(category: str, class_label: str) -> str | None:
@@ -223,8 +232,11 @@ class YoloWorldImagePromptDetector:
         cfg.text_model_name = str(clip_path)
         cfg.model.vision_model = str(clip_path)
         cfg.model.backbone.text_model.model_name = str(clip_path)
-        runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else __import__(
-            "mmyolo.registry", fromlist=["RUNNERS"]).RUNNERS.build(cfg)
+        runner = (
+            Runner.from_cfg(cfg)
+            if "runner_type" not in cfg
+            else __import__("mmyolo.registry", fromlist=["RUNNERS"]).RUNNERS.build(cfg)
+        )
         runner.call_hook("before_run")
         runner.load_or_resume()
         pipeline = cfg.test_dataloader.dataset.pipeline
@@ -253,10 +265,14 @@ class YoloWorldImagePromptDetector:
         embeddings = self._prompt_embedding(prompt_image)
         self.runner.model.num_test_classes = embeddings.shape[0]
         self.runner.model.setembeddings(embeddings[None])
-        data = self.runner.pipeline({"img_id": 0, "img": np.array(frame.convert("RGB")), "texts": [["object"], [" "]]})
+        data = self.runner.pipeline(
+            {"img_id": 0, "img": np.array(frame.convert("RGB")), "texts": [["object"], [" "]]}
+        )
         sample = data["data_samples"]
         if "texts" in sample:
             del sample["texts"]
-        output = self.runner.model.test_step({"inputs": data["inputs"].unsqueeze(0), "data_samples": [sample]})[0]
+        output = self.runner.model.test_step(
+            {"inputs": data["inputs"].unsqueeze(0), "data_samples": [sample]}
+        )[0]
         pred = output.pred_instances
         return filter_detections(pred.bboxes.float().cpu(), pred.scores.float().cpu())

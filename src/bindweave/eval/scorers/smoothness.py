@@ -141,7 +141,9 @@ class MotionSmoothnessScorer:
         return scores
 
     def __call__(self, sample: VideoSample) -> float:
-        return smoothness_from_scores(self.window_scores(sample.sampled_frames(self.num_frames)), self.threshold)
+        return smoothness_from_scores(
+            self.window_scores(sample.sampled_frames(self.num_frames)), self.threshold
+        )
 
 
 class QAlignQualityModel:
@@ -172,17 +174,21 @@ class QAlignQualityModel:
         self.model = model.eval().requires_grad_(False)
         self.image_processor = image_processor
         self.level_ids = [tokenizer([w])["input_ids"][0][1] for w in QUALITY_LEVELS]
-        self.input_ids = tokenizer_image_token(
-            self.PROMPT, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt"
-        ).unsqueeze(0).to(model.device)
+        self.input_ids = (
+            tokenizer_image_token(self.PROMPT, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+            .unsqueeze(0)
+            .to(model.device)
+        )
         self.fill = tuple(int(x * 255) for x in image_processor.image_mean)
 
     @torch.inference_mode()
     def __call__(self, windows: Sequence[Sequence[Image.Image]]) -> list[float]:
         tensors = [
-            self.image_processor.preprocess([expand_to_square(f, self.fill) for f in win], return_tensors="pt")[
-                "pixel_values"
-            ].half().to(self.model.device)
+            self.image_processor.preprocess(
+                [expand_to_square(f, self.fill) for f in win], return_tensors="pt"
+            )["pixel_values"]
+            .half()
+            .to(self.model.device)
             for win in windows
         ]
         output = self.model(self.input_ids.repeat(len(tensors), 1), images=tensors)

@@ -1,0 +1,78 @@
+"""The ``bindweave`` command: one subcommand per job, each derived from the job's typed config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from . import config as cfg
+from .demo import DemoConfig, run_demo
+from .generate import (
+    ExtractMLLMConfig,
+    GenerateConfig,
+    RunManifestConfig,
+    run_extract_mllm,
+    run_generate,
+    run_manifest,
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    config_cls: type
+    run: Callable
+
+
+COMMANDS = [
+    Command("demo", "generate a demo video with the embedded default model", DemoConfig, run_demo),
+    Command(
+        "generate", "generate one video from 1-4 reference images and a prompt", GenerateConfig, run_generate
+    ),
+    Command(
+        "run-manifest",
+        "generate every entry of a test_case.json-format manifest to <id>.mp4 (resumable)",
+        RunManifestConfig,
+        run_manifest,
+    ),
+    Command(
+        "extract-mllm",
+        "save the MLLM states of a manifest in the released .pt format, plus a manifest copy pointing at them",
+        ExtractMLLMConfig,
+        run_extract_mllm,
+    ),
+]
+
+
+def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bindweave", description="BindWeave subject-to-video generation")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in commands:
+        sub_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        cfg.add_arguments(sub_parser, command.config_cls)
+        sub_parser.set_defaults(_command=command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    command: Command = args._command
+    config = cfg.from_namespace(command.config_cls, args)
+    try:
+        command.run(config)
+    except (ValueError, OSError) as err:  # user errors: one clear line, non-zero exit
+        logging.getLogger("bindweave").error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""``bindweave demo``: the main job on the embedded default model, on a fresh machine, in under a minute."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import field
+from .default_model import DEFAULT_PROMPT, default_model_path, demo_references
+from .generate import ModelConfig, load_pipeline
+from .io.files import ensure_writable_dir
+from .io.strip import write_strip
+from .io.video import write_video
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class DemoConfig(ModelConfig):
+    out: Path = field(Path("outputs"), help="output folder for demo.mp4 and demo.png")
+    prompt: str = field(DEFAULT_PROMPT, help="prompt")
+    steps: int = field(20, help="sampling steps")
+    seed: int = field(0, help="seed")
+
+
+def run_demo(config: DemoConfig) -> tuple[Path, Path]:
+    video_path, strip_path = config.out / "demo.mp4", config.out / "demo.png"
+    ensure_writable_dir(video_path)
+    if config.model is None and config.wan is None:
+        print(f"Using the embedded default model ({default_model_path()}).")
+        print(
+            "NOTE: its weights are random (a tiny untrained BindWeave): expect coloured noise, not subjects."
+        )
+    pipe = load_pipeline(config)
+    references = demo_references()
+    frames = pipe(
+        config.prompt,
+        references,
+        num_inference_steps=config.steps,
+        generator=torch.Generator().manual_seed(config.seed),
+    ).frames[0]
+    write_video(frames, video_path, fps=16)
+    write_strip(references, frames, strip_path)
+    print(f"video: {video_path.resolve()}\nstrip: {strip_path.resolve()}")
+    return video_path, strip_path
+
+
+if __name__ == "__main__":
+    from .cli import main
+
+    sys.exit(main(["demo", *sys.argv[1:]]))

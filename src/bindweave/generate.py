@@ -1,0 +1,285 @@
+"""Generation jobs: one video, a whole manifest, and MLLM-state extraction for a manifest.
+
+Each job is a typed config (the CLI is derived from it, see :mod:`bindweave.cli`) and a ``run_*``
+function. Inputs are validated before any model is loaded, outputs are written atomically, and manifest
+runs skip finished outputs, so a killed run resumes losing nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from .conditioning.mllm import MLLM_NEGATIVE_SUFFIX, encode_mllm, load_mllm_processor
+from .conditioning.references import load_references
+from .conditioning.text import DEFAULT_NEGATIVE_PROMPT
+from .config import field
+from .io.files import atomic_torch_save, ensure_writable_dir
+from .io.manifest import (
+    ManifestEntry,
+    load_manifest,
+    resolve_hidden_states,
+    resolve_images,
+    save_manifest,
+    with_fields,
+)
+from .io.video import write_video
+
+logger = logging.getLogger(__name__)
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Which weights to load and where to run them."""
+
+    model: Path | None = field(
+        None, help="a saved BindWeavePipeline folder (default: the embedded default model)"
+    )
+    wan: Path | None = field(
+        None, help="released Wan2.1-I2V-14B-720P-Diffusers folder (use with --transformer)"
+    )
+    transformer: Path | None = field(None, help="released BindWeave transformer folder (use with --wan)")
+    mllm: Path | None = field(
+        None, help="Qwen2.5-VL-7B-Instruct folder (not needed with precomputed MLLM states)"
+    )
+    dtype: Dtype = field("auto", help="weights dtype; auto = bfloat16 on CUDA, float32 on CPU")
+    device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
+    offload: bool = field(False, help="model CPU offload: keep only the running component on the GPU")
+
+
+@dataclass(kw_only=True)
+class SamplingConfig:
+    """The sampler settings; the defaults are the paper's (size defaults to the model's native size)."""
+
+    height: int | None = field(None, help="video height, a multiple of 16 (default: the model's, 720)")
+    width: int | None = field(None, help="video width, a multiple of 16 (default: the model's, 1280)")
+    num_frames: int | None = field(None, help="frames, 4k+1 (default: the model's, 81)")
+    steps: int = field(50, help="UniPC sampling steps")
+    guidance: float = field(5.0, help="classifier-free guidance scale (1 disables the negative branch)")
+    seed: int = field(42, help="seed of the initial noise")
+    negative_prompt: str = field(DEFAULT_NEGATIVE_PROMPT, help="negative prompt")
+    fps: int = field(16, help="frame rate of the written mp4")
+
+    def validate(self) -> None:
+        """The size rules that need no model, checked before any weights are loaded."""
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % 16):
+                raise ValueError(f"--{name} must be a positive multiple of 16, got {value}")
+        if self.num_frames is not None and (self.num_frames < 1 or (self.num_frames - 1) % 4):
+            raise ValueError(f"--num-frames must be 4k + 1 (e.g. 81), got {self.num_frames}")
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.guidance < 1:
+            raise ValueError(f"--guidance must be >= 1, got {self.guidance}")
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(ModelConfig, SamplingConfig):
+    refs: list[Path] = field(help="1-4 reference images, in order")
+    prompt: str = field(help="what the subjects do")
+    out: Path = field(help="output .mp4 path")
+    mllm_states: Path | None = field(
+        None, help="precomputed MLLM states (.pt, released format) for the prompt"
+    )
+    negative_mllm_states: Path | None = field(None, help="precomputed MLLM states for the negative prompt")
+
+
+@dataclass(kw_only=True)
+class RunManifestConfig(ModelConfig, SamplingConfig):
+    manifest: Path = field(help="test_case.json-format manifest: id -> {img_paths, prompt, ...}")
+    images_dir: Path = field(help="folder the manifest's img_paths are relative to")
+    out: Path = field(help="output folder; each entry is written to <id>.mp4")
+
+
+@dataclass(kw_only=True)
+class ExtractMLLMConfig(ModelConfig):
+    manifest: Path = field(help="test_case.json-format manifest")
+    images_dir: Path = field(help="folder the manifest's img_paths are relative to")
+    out: Path = field(help="output folder for <id>_hidden_states.pt / <id>_hidden_states_negative.pt")
+    out_manifest: Path | None = field(
+        None, help="manifest copy with hidden_states paths (default: <out>/<name>)"
+    )
+    negative_prompt: str = field(
+        DEFAULT_NEGATIVE_PROMPT, help="negative prompt (the MLLM suffix is appended)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def resolve_device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve_dtype(dtype: Dtype, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_pipeline(config: ModelConfig):
+    """Load the pipeline a :class:`ModelConfig` names, placed on its device (or offloaded)."""
+    from .default_model import default_model_path
+    from .pipeline import BindWeavePipeline
+
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    if (config.wan is None) != (config.transformer is None):
+        raise ValueError("--wan and --transformer go together (the released Wan I2V and BindWeave folders)")
+    if config.wan is not None and config.model is not None:
+        raise ValueError("give either --model or --wan/--transformer, not both")
+    if config.wan is not None:
+        pipe = BindWeavePipeline.from_released(config.wan, config.transformer, config.mllm, torch_dtype=dtype)
+    else:
+        folder = config.model or default_model_path()
+        # The Wan VAE runs in float32, as in the release.
+        pipe = BindWeavePipeline.from_pretrained(folder, dtype={"default": dtype, "vae": torch.float32})
+        if config.mllm is not None:
+            from transformers import Qwen2_5_VLForConditionalGeneration
+
+            pipe.mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.mllm, dtype=dtype)
+            pipe.mllm_processor = load_mllm_processor(config.mllm)
+    if config.offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+
+
+def _sampling_kwargs(config: SamplingConfig) -> dict:
+    return dict(
+        negative_prompt=config.negative_prompt,
+        height=config.height,
+        width=config.width,
+        num_frames=config.num_frames,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance,
+        generator=torch.Generator(device="cpu").manual_seed(config.seed),
+    )
+
+
+def run_generate(config: GenerateConfig) -> Path:
+    """Generate one video to ``config.out`` (an H.264 mp4)."""
+    config.validate()
+    _check_mp4_path(config.out)
+    references = load_references(config.refs)  # fail on a bad image before loading any model
+    pipe = load_pipeline(config)
+    frames = pipe(
+        config.prompt,
+        references,
+        mllm_hidden_states=config.mllm_states,
+        negative_mllm_hidden_states=config.negative_mllm_states,
+        **_sampling_kwargs(config),
+    ).frames[0]
+    write_video(frames, config.out, fps=config.fps)
+    logger.info("wrote %s", config.out)
+    return config.out
+
+
+def shard_of(items: list, rank: int | None = None, world_size: int | None = None) -> list:
+    """This process's share of ``items`` (``i % world_size == rank``; torchrun's env by default)."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    return items[rank::world_size]
+
+
+def run_manifest(config: RunManifestConfig) -> list[Path]:
+    """Generate every entry of a manifest to ``<out>/<id>.mp4``, skipping the ones already written."""
+    config.validate()
+    entries = load_manifest(config.manifest)
+    ensure_writable_dir(config.out / "probe.mp4")
+    # Every image is checked before hours of generation start.
+    images = {entry_id: resolve_images(entry, config.images_dir) for entry_id, entry in entries.items()}
+    todo = [e for e in shard_of(list(entries.values())) if not (config.out / f"{e.id}.mp4").is_file()]
+    logger.info("%d of %d entries to generate in %s", len(todo), len(entries), config.out)
+    if not todo:
+        return []
+    pipe = load_pipeline(config)
+    written = []
+    for entry in tqdm(todo, desc="manifest", unit="video"):
+        positive, negative = _existing_states(entry, config.manifest.parent)
+        frames = pipe(
+            entry.prompt,
+            images[entry.id],
+            mllm_hidden_states=positive,
+            negative_mllm_hidden_states=negative,
+            **_sampling_kwargs(config),
+        ).frames[0]
+        written.append(write_video(frames, config.out / f"{entry.id}.mp4", fps=config.fps))
+    return written
+
+
+def _existing_states(entry: ManifestEntry, base: Path) -> tuple[Path | None, Path | None]:
+    """Cached MLLM states named by the entry; a named but absent file is recomputed, with a warning."""
+    paths = []
+    for path in resolve_hidden_states(entry, base):
+        if path is not None and not path.is_file():
+            logger.warning("entry %s: %s not found; computing the MLLM states instead", entry.id, path)
+            path = None
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def run_extract_mllm(config: ExtractMLLMConfig) -> Path:
+    """Save positive and negative MLLM states of every entry (released ``.pt`` format) and a manifest copy."""
+    entries = load_manifest(config.manifest)
+    out_manifest = config.out_manifest or config.out / config.manifest.name
+    ensure_writable_dir(config.out / "probe.pt")
+    images = {entry_id: resolve_images(entry, config.images_dir) for entry_id, entry in entries.items()}
+    mllm, processor, device = _load_mllm(config)
+
+    updated = {}
+    for entry_id, entry in tqdm(entries.items(), desc="MLLM states", unit="case"):
+        paths = (
+            config.out / f"{entry_id}_hidden_states.pt",
+            config.out / f"{entry_id}_hidden_states_negative.pt",
+        )
+        texts = (entry.prompt, config.negative_prompt + MLLM_NEGATIVE_SUFFIX)
+        if not all(p.is_file() for p in paths):
+            references = load_references(images[entry_id])
+            for path, text in zip(paths, texts, strict=True):
+                states = encode_mllm(mllm, processor, text, references)  # (1, L, 3584)
+                atomic_torch_save(states.to(torch.bfloat16).cpu().contiguous(), path)
+        relative = [os.path.relpath(p, out_manifest.parent) for p in paths]
+        updated[entry_id] = with_fields(
+            entry, hidden_states_path=relative[0], hidden_states_path_negative=relative[1]
+        )
+    save_manifest(updated, out_manifest)
+    logger.info("wrote %s", out_manifest)
+    return out_manifest
+
+
+def _load_mllm(config: ModelConfig):
+    """Only the MLLM and its processor: from --mllm, else from a pipeline folder's subfolders."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from .default_model import default_model_path
+
+    if config.mllm is not None:
+        model_dir = processor_dir = config.mllm
+    else:
+        root = config.model or default_model_path()
+        model_dir, processor_dir = root / "mllm", root / "mllm_processor"
+    device = resolve_device(config.device)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        model_dir, dtype=resolve_dtype(config.dtype, device)
+    )
+    return model.to(device).eval(), load_mllm_processor(processor_dir), device
+
+
+def _check_mp4_path(path: Path) -> None:
+    if path.suffix.lower() != ".mp4":
+        raise ValueError(f"output path must end in .mp4, got {path}")
+    ensure_writable_dir(path)
