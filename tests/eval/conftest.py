@@ -78,16 +78,27 @@ def _handler(server_state: MockChatServer):
     return Handler
 
 
+def _as_reply(value: Reply | str | int | dict) -> Reply:
+    if isinstance(value, Reply):
+        return value
+    if isinstance(value, str):
+        return Reply(content=value)
+    if isinstance(value, int):
+        return Reply(content=None, status=value)
+    return Reply(**value)
+
+
 @pytest.fixture
 def chat_server() -> Iterator:
     """``chat_server(replies) -> MockChatServer``: start a scripted server on a free port of 127.0.0.1.
 
-    The last reply is repeated once the others are used up.
+    A reply is a chat answer (``str``), an HTTP error status (``int``) or ``Reply`` keyword arguments
+    (``dict``: content, status, delay, raw). The last reply is repeated once the others are used up.
     """
     started: list[ThreadingHTTPServer] = []
 
-    def start(replies: list[Reply], max_requests: int = 32) -> MockChatServer:
-        state = MockChatServer(list(replies), max_requests=max_requests)
+    def start(replies: list[Reply | str | int | dict], max_requests: int = 32) -> MockChatServer:
+        state = MockChatServer([_as_reply(r) for r in replies], max_requests=max_requests)
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
         httpd.daemon_threads = True
         state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"

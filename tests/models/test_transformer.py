@@ -65,8 +65,19 @@ def test_config_defaults_are_the_released_14b_sizes():
         model = BindWeaveTransformer3DModel()
     c = model.config
     assert (c.num_layers, c.num_attention_heads, c.attention_head_dim, c.ffn_dim) == (40, 40, 128, 13824)
-    assert (c.in_channels, c.out_channels, c.text_dim, c.image_dim, c.added_kv_proj_dim) == (36, 16, 4096, 1280, 5120)
-    assert (c.mllm_dim, c.image_context_tokens, c.num_reference_slots, c.rope_max_seq_len) == (3584, 257, 4, 1024)
+    assert (c.in_channels, c.out_channels, c.text_dim, c.image_dim, c.added_kv_proj_dim) == (
+        36,
+        16,
+        4096,
+        1280,
+        5120,
+    )
+    assert (c.mllm_dim, c.image_context_tokens, c.num_reference_slots, c.rope_max_seq_len) == (
+        3584,
+        257,
+        4,
+        1024,
+    )
     assert tuple(c.patch_size) == (1, 2, 2) and c.freq_dim == 256 and c.eps == 1e-6 and c.cross_attn_norm
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if "text_projector" in k}
     assert shapes == {
@@ -88,7 +99,9 @@ def test_equals_stock_wan_without_mllm_tokens_and_one_clip_slot():
 
     slots = model.config.num_reference_slots
     padded = stock_input(x, slots)
-    reference = stock(padded, x["timestep"], x["encoder_hidden_states"], x["encoder_hidden_states_image"]).sample
+    reference = stock(
+        padded, x["timestep"], x["encoder_hidden_states"], x["encoder_hidden_states_image"]
+    ).sample
     assert ours.shape == x["hidden_states"].shape == (1, 16, 3, 4, 6)
     assert torch.equal(ours, reference[:, :, slots:])
 

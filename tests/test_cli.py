@@ -1,0 +1,230 @@
+"""The ``bindweave`` CLI on a tiny pipeline folder and the released sample manifest."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from bindweave import cli, generate
+from bindweave.default_model import build_tiny_random_pipeline
+from bindweave.io.manifest import load_manifest
+from bindweave.io.video import probe_video, read_video
+
+SMALL = ["--height", "32", "--width", "48", "--num-frames", "5", "--steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_tiny_random_pipeline(tmp_path_factory.mktemp("model") / "pipeline")
+
+
+@pytest.fixture(scope="module")
+def ref_paths(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("refs")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(30, 40), (36, 24)]):
+        path = folder / f"ref{i}.png"
+        PIL.Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def extracted(model_dir, fixtures_dir, tmp_path_factory):
+    """`extract-mllm` on the released sample manifest (3 cases), run once for the module."""
+    out = tmp_path_factory.mktemp("states")
+    code = cli.main(
+        ["extract-mllm", "--model", str(model_dir), "--manifest", str(fixtures_dir / "test_case.json"),
+         "--images-dir", str(fixtures_dir), "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_generate_writes_an_h264_mp4_that_reloads(model_dir, ref_paths, tmp_path):
+    out = tmp_path / "video.mp4"
+    code = cli.main(
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--refs",
+            *ref_paths,
+            "--prompt",
+            "a cat",
+            "--out",
+            str(out),
+            *SMALL,
+        ]
+    )
+    assert code == 0
+    info = probe_video(out)
+    assert (info.num_frames, info.height, info.width, info.fps, info.codec) == (5, 32, 48, 16, "h264")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mp4"]  # no temporary files left
+
+
+def test_generate_same_seed_same_video(model_dir, ref_paths, tmp_path):
+    args = ["generate", "--model", str(model_dir), "--refs", *ref_paths, "--prompt", "a cat", *SMALL]
+    for name, seed in [("a", "1"), ("b", "1"), ("c", "2")]:
+        assert cli.main([*args, "--seed", seed, "--out", str(tmp_path / f"{name}.mp4")]) == 0
+    a, b, c = (read_video(tmp_path / f"{n}.mp4")[0] for n in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--num-frames", "80"], "4k \\+ 1"),
+        (["--height", "40"], "multiple of 16"),
+        (["--guidance", "0.5"], "--guidance"),
+    ],
+)
+def test_generate_rejects_bad_settings_before_loading(model_dir, ref_paths, tmp_path, caplog, extra, message):
+    out = tmp_path / "video.mp4"
+    code = cli.main(["generate", "--model", str(tmp_path / "no-model"), "--refs", *ref_paths, "--prompt", "x",
+                     "--out", str(out), *extra])  # fmt: skip
+    assert code == 1 and not out.exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and re.search(message, errors[0])
+
+
+def test_generate_bad_inputs_exit_non_zero_with_a_named_error(model_dir, ref_paths, tmp_path, caplog):
+    base = ["generate", "--model", str(model_dir), "--prompt", "x", *SMALL]
+    assert cli.main([*base, "--refs", str(tmp_path / "nope.png"), "--out", str(tmp_path / "a.mp4")]) == 1
+    assert "nope.png" in caplog.text
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    assert cli.main([*base, "--refs", *ref_paths, "--out", str(blocker / "sub" / "a.mp4")]) == 1
+    assert str(blocker) in caplog.text
+    assert cli.main([*base, "--refs", *ref_paths, "--out", str(tmp_path / "a.gif")]) == 1
+    assert ".mp4" in caplog.text
+    assert list(tmp_path.glob("*.mp4")) == []
+
+
+def test_generate_interrupted_leaves_no_partial_file(model_dir, ref_paths, tmp_path, monkeypatch):
+    from bindweave.io import video
+
+    def failing_encode(frames, path, fps, crf):
+        path.write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video, "_encode_h264", failing_encode)
+    out = tmp_path / "video.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(
+            [
+                "generate",
+                "--model",
+                str(model_dir),
+                "--refs",
+                *ref_paths,
+                "--prompt",
+                "x",
+                "--out",
+                str(out),
+                *SMALL,
+            ]
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extract_mllm_writes_released_format_and_a_manifest_copy(extracted, fixtures_dir, model_dir):
+    manifest = load_manifest(extracted / "test_case.json")
+    original = load_manifest(fixtures_dir / "test_case.json")
+    assert list(manifest) == list(original) == ["faceobj_1", "singleface_1", "multihuman_14"]
+    mllm_dim = json.loads((model_dir / "mllm" / "config.json").read_text())["text_config"]["hidden_size"]
+    for case, entry in manifest.items():
+        assert entry.prompt == original[case].prompt and entry.img_paths == original[case].img_paths
+        for rel in (entry.hidden_states_path, entry.hidden_states_path_negative):
+            states = torch.load(extracted / rel, weights_only=True)
+            assert isinstance(states, torch.Tensor) and states.dtype == torch.bfloat16
+            assert states.ndim == 3 and states.shape[0] == 1 and states.shape[2] == mllm_dim
+        positive = torch.load(extracted / entry.hidden_states_path, weights_only=True)
+        negative = torch.load(extracted / entry.hidden_states_path_negative, weights_only=True)
+        assert not torch.equal(positive[:, :10], negative[:, :10]) or positive.shape != negative.shape
+
+
+def test_extract_mllm_resumes_without_recomputing(extracted, fixtures_dir, model_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(generate, "encode_mllm", lambda *a, **k: calls.append(a) or None)
+    args = ["extract-mllm", "--model", str(model_dir), "--manifest", str(fixtures_dir / "test_case.json"),
+            "--images-dir", str(fixtures_dir), "--out", str(extracted)]  # fmt: skip
+    assert cli.main(args) == 0 and calls == []
+
+
+def test_run_manifest_generates_every_entry_and_resumes(
+    extracted, fixtures_dir, model_dir, tmp_path, monkeypatch
+):
+    out = tmp_path / "videos"
+    args = ["run-manifest", "--model", str(model_dir), "--manifest", str(extracted / "test_case.json"),
+            "--images-dir", str(fixtures_dir), "--out", str(out), *SMALL]  # fmt: skip
+
+    # A run killed while writing its second video keeps the first and leaves nothing partial.
+    from bindweave.io import video
+
+    real_encode, written = video._encode_h264, []
+
+    def encode_then_die(frames, path, fps, crf):
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        real_encode(frames, path, fps, crf)
+
+    monkeypatch.setattr(video, "_encode_h264", encode_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(args)
+    assert sorted(p.name for p in out.iterdir()) == ["faceobj_1.mp4"]
+    first_bytes = (out / "faceobj_1.mp4").read_bytes()
+    monkeypatch.undo()
+
+    # The rerun generates only the two missing entries.
+    from bindweave.pipeline import BindWeavePipeline
+
+    prompts = []
+    real_call = BindWeavePipeline.__call__
+    monkeypatch.setattr(
+        BindWeavePipeline,
+        "__call__",
+        lambda self, p, *a, **k: prompts.append(p) or real_call(self, p, *a, **k),
+    )
+    assert cli.main(args) == 0
+    manifest = load_manifest(extracted / "test_case.json")
+    assert prompts == [manifest["singleface_1"].prompt, manifest["multihuman_14"].prompt]
+    assert sorted(p.name for p in out.iterdir()) == ["faceobj_1.mp4", "multihuman_14.mp4", "singleface_1.mp4"]
+    assert (out / "faceobj_1.mp4").read_bytes() == first_bytes
+    for name in ("faceobj_1", "singleface_1", "multihuman_14"):
+        assert probe_video(out / f"{name}.mp4").num_frames == 5
+
+    # Everything done: nothing is loaded or generated.
+    prompts.clear()
+    assert cli.main(args) == 0 and prompts == []
+
+
+def test_run_manifest_checks_every_image_first(fixtures_dir, model_dir, tmp_path, caplog):
+    manifest = tmp_path / "m.json"
+    data = json.loads((fixtures_dir / "test_case.json").read_text())
+    data["singleface_1"]["img_paths"] = ["Images/missing.png"]
+    manifest.write_text(json.dumps(data))
+    code = cli.main(["run-manifest", "--model", str(model_dir), "--manifest", str(manifest),
+                     "--images-dir", str(fixtures_dir), "--out", str(tmp_path / "v"), *SMALL])  # fmt: skip
+    assert code == 1 and "singleface_1" in caplog.text and "missing.png" in caplog.text
+    assert not any((tmp_path / "v").glob("*.mp4"))
+
+
+def test_shard_of_partitions_entries():
+    items = list(range(7))
+    shards = [generate.shard_of(items, rank, 3) for rank in range(3)]
+    assert sorted(sum(shards, [])) == items and shards[1] == [1, 4]
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "bindweave.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("generate", "run-manifest", "extract-mllm", "demo"):
+        assert command in result.stdout
