@@ -127,7 +127,7 @@ def test_mllm_states_go_through_the_connector_before_t5():
     slots = model.config.num_reference_slots
     padded = stock_input(x, slots)
     # The stock model with our processors: only the connector placement is under test here.
-    for ours_block, stock_block in zip(model.blocks, stock.blocks):
+    for ours_block, stock_block in zip(model.blocks, stock.blocks, strict=True):
         stock_block.attn2.set_processor(ours_block.attn2.processor)
     reference = stock(padded, x["timestep"], text, x["encoder_hidden_states_image"]).sample
     assert torch.equal(ours, reference[:, :, slots:])
