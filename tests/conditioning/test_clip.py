@@ -97,7 +97,9 @@ def test_resize_matches_pil_antialiased_bilinear(height: int, width: int) -> Non
     np.testing.assert_allclose(pixels, expected, rtol=0, atol=2 / 255)
     # A resize without antialiasing differs clearly from PIL when downscaling 640 -> 224.
     if width > 224:
-        plain = torch.nn.functional.interpolate(canvas[None], size=(224, 224), mode="bilinear", antialias=False)
+        plain = torch.nn.functional.interpolate(
+            canvas[None], size=(224, 224), mode="bilinear", antialias=False
+        )
         assert np.abs(plain[0].numpy() - expected).max() > 4 / 255
 
 

@@ -46,7 +46,9 @@ def _stock(pipeline: WanImageToVideoPipeline, prompt: str | list[str]) -> torch.
         return pipeline._get_t5_prompt_embeds(prompt, max_sequence_length=512, device=torch.device("cpu"))
 
 
-@pytest.mark.parametrize("prompt", [PROMPT, MESSY_PROMPT, DEFAULT_NEGATIVE_PROMPT], ids=["plain", "html", "negative"])
+@pytest.mark.parametrize(
+    "prompt", [PROMPT, MESSY_PROMPT, DEFAULT_NEGATIVE_PROMPT], ids=["plain", "html", "negative"]
+)
 def test_encode_t5_equals_stock_wan_prompt_embeds(
     stock_pipeline: WanImageToVideoPipeline, tokenizer, text_encoder: UMT5EncoderModel, prompt: str
 ) -> None:

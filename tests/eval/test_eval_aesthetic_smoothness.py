@@ -40,7 +40,9 @@ def aesthetic_files(tmp_path):
     )
     clip_dir = tmp_path / "clip-vit-large-patch14"
     CLIPVisionModelWithProjection(config).save_pretrained(clip_dir)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(clip_dir)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        clip_dir
+    )
     mlp_path = tmp_path / "aesthetic-model.pth"
     torch.save(AestheticMLP().state_dict(), mlp_path)
     return clip_dir, mlp_path

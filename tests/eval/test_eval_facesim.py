@@ -110,7 +110,10 @@ def test_face_tensor_range_and_shape():
 
 
 def test_human_reference_selection():
-    assert human_reference_index(["Images/humanobj/thing/ball/1.jpg", "Images/humanobj/human/crop_man/x/5.jpg"]) == 1
+    assert (
+        human_reference_index(["Images/humanobj/thing/ball/1.jpg", "Images/humanobj/human/crop_man/x/5.jpg"])
+        == 1
+    )
     assert human_reference_index(["Images/singlehuman/woman/3.png"]) == 0
     assert human_reference_index(["Images/human.jpg", "Images/dog.jpg"], ["Man", "Dog"]) == 0
     assert human_reference_index(["Images/dog.jpg", "Images/human.jpg"], ["Dog", "Woman"]) == 1
@@ -143,8 +146,9 @@ def test_facesim_scorer_other_identity_and_no_face(tmp_path):
     _, other, _ = _photo(seed=1)
     reference = tmp_path / "ref.png"
     Image.fromarray(other).save(reference)
-    sample = VideoSample.from_frames("faceobj_2", np.stack([photo] * 2), reference_paths=[reference],
-                                     class_labels=["Woman"])
+    sample = VideoSample.from_frames(
+        "faceobj_2", np.stack([photo] * 2), reference_paths=[reference], class_labels=["Woman"]
+    )
     scorer = FaceSimScorer(StandInDetector(kps), _tiny_ir())
     value = scorer(sample).value
     assert 0.0 <= value < 0.999
@@ -152,16 +156,26 @@ def test_facesim_scorer_other_identity_and_no_face(tmp_path):
     emb = [scorer.embed(aligned_face(StandInDetector(kps), img)) for img in (other, photo)]
     assert value == pytest.approx(max(0.0, float(emb[0] @ emb[1])), abs=1e-5)
 
-    no_face = VideoSample.from_frames("faceobj_3", np.zeros((2, 280, 320, 3), np.uint8),
-                                      reference_paths=[reference], class_labels=["Woman"])
+    no_face = VideoSample.from_frames(
+        "faceobj_3", np.zeros((2, 280, 320, 3), np.uint8), reference_paths=[reference], class_labels=["Woman"]
+    )
     assert scorer(no_face).value == 0.0
 
 
 def test_facesim_only_for_face_categories():
     scorer = FaceSimScorer(StandInDetector(np.zeros((5, 2))), _tiny_ir())
-    for category, expected in [("singleface", True), ("singlehuman", True), ("faceobj", True),
-                               ("humanobj", True), ("multiface", False), ("singleobj", False)]:
-        assert scorer.applies_to(VideoSample.from_frames(f"{category}_1", np.zeros((1, 8, 8, 3), np.uint8))) is expected
+    for category, expected in [
+        ("singleface", True),
+        ("singlehuman", True),
+        ("faceobj", True),
+        ("humanobj", True),
+        ("multiface", False),
+        ("singleobj", False),
+    ]:
+        assert (
+            scorer.applies_to(VideoSample.from_frames(f"{category}_1", np.zeros((1, 8, 8, 3), np.uint8)))
+            is expected
+        )
 
 
 def test_curricularface_loader_round_trip(tmp_path):
@@ -174,8 +188,13 @@ def test_curricularface_loader_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-6)
     arch = _infer_architecture(model.state_dict())
-    assert arch == {"units": (1, 2, 1, 1), "widths": (8, 16, 24, 32), "embedding_dim": 16,
-                    "input_size": 112, "affine_output": False}
+    assert arch == {
+        "units": (1, 2, 1, 1),
+        "widths": (8, 16, 24, 32),
+        "embedding_dim": 16,
+        "input_size": 112,
+        "affine_output": False,
+    }
 
 
 def test_ir101_layout():

@@ -105,7 +105,10 @@ def test_nexus_text_check_rejects_wrong_subjects(references):
 
 def test_nexus_no_detection_scores_zero(references):
     sample = VideoSample.from_frames(
-        "singleobj_3", np.zeros((4, 32, 32, 3), np.uint8), reference_paths=[references["red"]], class_labels=["Red"]
+        "singleobj_3",
+        np.zeros((4, 32, 32, 3), np.uint8),
+        reference_paths=[references["red"]],
+        class_labels=["Red"],
     )
     assert NexusScorer(ColourDetector({"red": 0.9}), ColourGme())(sample).value == 0.0
 
@@ -120,8 +123,9 @@ def test_nexus_skips_faces_in_face_categories(references):
     scorer = NexusScorer(ColourDetector({"red": 0.9, "green": 0.9}), ColourGme())
     assert [label for _, label in scorer.subjects(sample)] == ["Red"]
     assert scorer(sample).value == pytest.approx(1.0 / 4)  # the green "Man" is never searched
-    face_only = VideoSample.from_frames("singleface_1", _scene(2, 0), reference_paths=[references["green"]],
-                                        class_labels=["Woman"])
+    face_only = VideoSample.from_frames(
+        "singleface_1", _scene(2, 0), reference_paths=[references["green"]], class_labels=["Woman"]
+    )
     assert not scorer.applies_to(face_only)
     assert scorer.applies_to(sample)
 
@@ -144,7 +148,9 @@ def test_nexus_needs_a_label_per_reference(references):
 
 
 def test_detection_post_processing():
-    boxes = torch.tensor([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [40, 40, 50, 50]], dtype=torch.float32)
+    boxes = torch.tensor(
+        [[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [40, 40, 50, 50]], dtype=torch.float32
+    )
     scores = torch.tensor([0.9, 0.8, 0.7, 0.4])
     assert nms(boxes, scores, 0.7).tolist() == [0, 2, 3]  # box 1 overlaps box 0 with IoU 0.82
     dets = filter_detections(boxes, scores)

@@ -16,7 +16,14 @@ from bindweave.eval.scorers.natural import JUDGE_PROMPT, JudgeAnswerError, Natur
 
 @pytest.mark.parametrize(
     ("answer", "expected"),
-    [("4", 4.0), (" 3\n", 3.0), ("Score: 2/5", 2.0), ("**5**", 5.0), ("I'd say 3.5.", 3.5), ("0, then 4", 4.0)],
+    [
+        ("4", 4.0),
+        (" 3\n", 3.0),
+        ("Score: 2/5", 2.0),
+        ("**5**", 5.0),
+        ("I'd say 3.5.", 3.5),
+        ("0, then 4", 4.0),
+    ],
 )
 def test_parse_rating(answer, expected):
     assert parse_rating(answer) == expected

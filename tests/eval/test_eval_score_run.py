@@ -63,7 +63,13 @@ def test_run_score_motion_and_judge(eval_case, chat_server, capsys):
     assert len(server.requests) == 6
 
     assert summary["missing_videos"] == ["singleobj_2"]
-    assert set(summary["unavailable_metrics"]) == {"aesthetic", "motion_smoothness", "facesim_cur", "gme", "nexus"}
+    assert set(summary["unavailable_metrics"]) == {
+        "aesthetic",
+        "motion_smoothness",
+        "facesim_cur",
+        "gme",
+        "nexus",
+    }
     overall = summary["overall"]
     assert overall["normalized"]["aesthetic"] is None  # missing, never 0
     expected_amp = (min(moving["scores"]["motion_amplitude"], 1) + static["scores"]["motion_amplitude"]) / 2
@@ -86,8 +92,9 @@ def test_run_score_motion_and_judge(eval_case, chat_server, capsys):
 def test_run_score_resumes_without_recomputing(eval_case, chat_server):
     root, videos, manifest = eval_case
     server = chat_server(["4"])
-    config = EvalScoreConfig(videos, manifest, root / "out", metrics=["motion_amplitude", "natural"],
-                             judge_endpoint=server.url)
+    config = EvalScoreConfig(
+        videos, manifest, root / "out", metrics=["motion_amplitude", "natural"], judge_endpoint=server.url
+    )
     first = run_score(config)
     assert len(server.requests) == 6
 
@@ -132,9 +139,17 @@ def test_configured_models_dir_with_missing_files_fails_up_front(eval_case):
     root, videos, manifest = eval_case
     models = root / "models"
     models.mkdir()
-    config = EvalScoreConfig(videos, manifest, root / "out", models_dir=models, metrics=["aesthetic"])
-    with pytest.raises(MissingModelFileError, match="clip-vit-large-patch14"):
+    (models / "aesthetic-model.pth").write_bytes(b"")
+    config = EvalScoreConfig(
+        videos, manifest, root / "out", models_dir=models, metrics=["motion_amplitude", "aesthetic", "nexus"]
+    )
+    with pytest.raises(MissingModelFileError) as info:
         run_score(config)
+    message = str(info.value)
+    assert "clip-vit-large-patch14 (from openai/clip-vit-large-patch14)" in message
+    assert "aesthetic-model.pth" not in message  # present
+    assert "yolo_world_v2_l_image_prompt_adapter-719a7afb.pth" in message and "gme-Qwen2-VL-7B-Instruct" in message
+    assert not (root / "out" / "per_video").exists() or not any((root / "out" / "per_video").iterdir())
 
 
 def test_config_validation(tmp_path):
@@ -151,7 +166,20 @@ def test_cli_options_derive_from_the_config():
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, EvalScoreConfig)
-    args = parser.parse_args(["--videos-dir", "v", "--manifest", "m.json", "--output-dir", "o",
-                              "--metrics", "motion_amplitude", "natural", "--judge-endpoint", "http://x/v1"])
+    args = parser.parse_args(
+        [
+            "--videos-dir",
+            "v",
+            "--manifest",
+            "m.json",
+            "--output-dir",
+            "o",
+            "--metrics",
+            "motion_amplitude",
+            "natural",
+            "--judge-endpoint",
+            "http://x/v1",
+        ]
+    )
     config = from_namespace(EvalScoreConfig, args)
     assert config.metrics == ["motion_amplitude", "natural"] and config.judge_runs == 3

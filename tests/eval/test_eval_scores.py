@@ -32,7 +32,13 @@ def test_bindweave_published_row_gives_57_61():
     ("domain", "version", "order", "values", "expected"),
     [
         # leaderboard/file_v1.1/results_Human-Domain.csv: Hailuo(20250503)
-        ("Human-Domain", "v1.1", ORDER_V11[:5] + ("natural",), [52.75, 99.1, 31.8, 57.69, 71.42, 69.2], 65.26),
+        (
+            "Human-Domain",
+            "v1.1",
+            ORDER_V11[:5] + ("natural",),
+            [52.75, 99.1, 31.8, 57.69, 71.42, 69.2],
+            65.26,
+        ),
         # leaderboard/file_v1.1/results_Single-Domain.csv: VACE-14B
         ("Single-Domain", "v1.1", ORDER_V11, [48.94, 93.16, 19.69, 64.65, 65.86, 50.82, 70.56], 61.75),
         # leaderboard/file_v1.0/results_Human-Domain.csv: VACE-14B (v1.0 "Motion" = MotionAmplitude)

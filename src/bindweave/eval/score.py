@@ -45,7 +45,7 @@ from bindweave.io.manifest import ManifestEntry, load_manifest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalScoreConfig", "MetricUnavailable", "format_table", "run_score"]
+__all__ = ["EvalScoreConfig", "MetricUnavailable", "format_table", "preflight", "run_score"]
 
 PER_VIDEO_DIR = "per_video"
 SUMMARY_JSON = "summary.json"
@@ -137,6 +137,45 @@ def _models_dir(config: EvalScoreConfig, metric: str) -> Path:
     if not config.models_dir.is_dir():
         raise FileNotFoundError(f"models_dir {config.models_dir} is not a folder")
     return config.models_dir
+
+
+def _required_files(metric: str, root: Path) -> list[tuple[Path, str]]:
+    """The files a metric needs under ``models_dir`` (checked for all metrics before any scoring)."""
+    from bindweave.eval.scorers.aesthetic import CLIP_SOURCE, MLP_SOURCE
+    from bindweave.eval.scorers.curricularface import CURRICULARFACE_SOURCE
+    from bindweave.eval.scorers.facesim import INSIGHTFACE_SOURCE
+    from bindweave.eval.scorers.gme import GME_SOURCE
+    from bindweave.eval.scorers.nexus import YOLO_CLIP_SOURCE, YOLO_CONFIG_SOURCE, YOLO_WORLD_SOURCE
+    from bindweave.eval.scorers.smoothness import QALIGN_SOURCE
+
+    table = {
+        "aesthetic": [(AESTHETIC_CLIP, CLIP_SOURCE), (AESTHETIC_MLP, MLP_SOURCE)],
+        "motion_smoothness": [(QALIGN_DIR, QALIGN_SOURCE)],
+        "facesim_cur": [(FACE_DETECTOR_DIR, INSIGHTFACE_SOURCE), (CURRICULARFACE_FILE, CURRICULARFACE_SOURCE)],
+        "gme": [(GME_DIR, GME_SOURCE)],
+        "nexus": [
+            (GME_DIR, GME_SOURCE),
+            (YOLO_CLIP_DIR, YOLO_CLIP_SOURCE),
+            (YOLO_WEIGHTS, YOLO_WORLD_SOURCE),
+            (YOLO_CONFIG, YOLO_CONFIG_SOURCE),
+        ],
+    }
+    return [(root / rel, source) for rel, source in table.get(metric, [])]
+
+
+def preflight(config: EvalScoreConfig) -> None:
+    """Fail before any scoring if a configured metric's model files are absent (all named at once)."""
+    if config.models_dir is None:
+        return
+    from bindweave.eval.scorers.base import MissingModelFileError
+
+    problems = []
+    for metric in config.metrics:
+        missing = [(p, s) for p, s in _required_files(metric, config.models_dir) if not p.exists()]
+        if missing:
+            problems.append(f"{metric}: " + "; ".join(f"{p} (from {s})" for p, s in missing))
+    if problems:
+        raise MissingModelFileError("missing model file(s) under models_dir:\n  " + "\n  ".join(problems))
 
 
 class _Builders:
@@ -400,6 +439,8 @@ def run_score(
         )
     records = {s.id: _load_record(per_video_dir / f"{s.id}.json", s) for s in samples}
 
+    if not scorers:
+        preflight(config)
     builders = _Builders(config)
     unavailable: dict[str, str] = {}
     overrides = dict(scorers or {})

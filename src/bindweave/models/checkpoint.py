@@ -20,7 +20,14 @@ INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 
 
 class CheckpointError(ValueError):
-    """A weights folder that does not match the model; the message names the files or keys."""
+    """A weights folder that does not match the model; the message names the files or keys.
+
+    ``report`` holds the complete lists when the message shows only the first keys of each kind.
+    """
+
+    def __init__(self, message: str, report: CheckpointReport | None = None):
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass

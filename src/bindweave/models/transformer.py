@@ -170,7 +170,7 @@ class BindWeaveTransformer3DModel(WanTransformer3DModel):
                 expected = cls.from_config(config, **config_overrides)
             report = compare_to_model(shapes, expected, cls._keys_to_ignore_on_load_unexpected)
             if report:
-                raise CheckpointError(f"{folder} does not match {cls.__name__}: {report.describe()}")
+                raise CheckpointError(f"{folder} does not match {cls.__name__}: {report.describe()}", report)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------ forward

@@ -59,6 +59,7 @@ DETECTOR_MAX_BOXES = 100
 HUMAN_CLASS_LABELS = frozenset({"Man", "Woman"})
 YOLO_WORLD_SOURCE = "BestWishYsh/OpenS2V-Weight/yolo_world_v2_l_image_prompt_adapter-719a7afb.pth"
 YOLO_CLIP_SOURCE = "openai/clip-vit-base-patch32"
+YOLO_CONFIG_SOURCE = "OpenS2V-Nexus eval/utils/yoloworld/configs (YOLO-World image-prompt demo config)"
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ class YoloWorldImagePromptDetector:
 
     def __init__(self, config: str | Path, weights: str | Path, clip_path: str | Path, device: str = "cuda"):
         config, weights, clip_path = Path(config), Path(weights), Path(clip_path)
-        require_files("nexus", [(config, "YOLO-World repository configs"), (weights, YOLO_WORLD_SOURCE)])
+        require_files("nexus", [(config, YOLO_CONFIG_SOURCE), (weights, YOLO_WORLD_SOURCE)])
         require_weights("nexus", clip_path, YOLO_CLIP_SOURCE)
         try:
             from mmengine.config import Config

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bindweave.eval.scorers.base import VideoSample, require_files
+from bindweave.eval.scorers.base import VideoSample, require_weights
 
 __all__ = [
     "QUALITY_LEVELS",
@@ -159,7 +159,7 @@ class QAlignQualityModel:
 
     def __init__(self, model_path: str | Path, device: str = "cuda") -> None:
         model_path = Path(model_path)
-        require_files("motion_smoothness", [(model_path / "config.json", QALIGN_SOURCE)])
+        require_weights("motion_smoothness", model_path, QALIGN_SOURCE)
         try:
             from q_align.constants import IMAGE_TOKEN_INDEX
             from q_align.mm_utils import tokenizer_image_token
