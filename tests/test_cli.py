@@ -179,7 +179,7 @@ def test_run_manifest_generates_every_entry_and_resumes(
     monkeypatch.setattr(video, "_encode_h264", encode_then_die)
     with pytest.raises(KeyboardInterrupt):
         cli.main(args)
-    assert sorted(p.name for p in out.iterdir()) == ["faceobj_1.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == ["faceobj_1.mp4", "run_record.json"]
     first_bytes = (out / "faceobj_1.mp4").read_bytes()
     monkeypatch.undo()
 
@@ -196,10 +196,15 @@ def test_run_manifest_generates_every_entry_and_resumes(
     assert cli.main(args) == 0
     manifest = load_manifest(extracted / "test_case.json")
     assert prompts == [manifest["singleface_1"].prompt, manifest["multihuman_14"].prompt]
-    assert sorted(p.name for p in out.iterdir()) == ["faceobj_1.mp4", "multihuman_14.mp4", "singleface_1.mp4"]
+    videos = sorted(p.name for p in out.glob("*.mp4"))
+    assert videos == ["faceobj_1.mp4", "multihuman_14.mp4", "singleface_1.mp4"]
     assert (out / "faceobj_1.mp4").read_bytes() == first_bytes
     for name in ("faceobj_1", "singleface_1", "multihuman_14"):
         assert probe_video(out / f"{name}.mp4").num_frames == 5
+
+    record = json.loads((out / "run_record.json").read_text())
+    assert sorted(record["seconds_per_video"]) == ["faceobj_1", "multihuman_14", "singleface_1"]
+    assert record["config"]["seed"] == 42 and record["versions"]["torch"] == torch.__version__
 
     # Everything done: nothing is loaded or generated.
     prompts.clear()

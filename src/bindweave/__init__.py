@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 # Imported on first use, so `import bindweave` (and the CLI's start-up) stays light.
 _EXPORTS = {"BindWeavePipeline": "pipeline", "BindWeaveTransformer3DModel": "models"}
-__all__ = list(_EXPORTS)
+__all__ = ["BindWeavePipeline", "BindWeaveTransformer3DModel"]
 
 
 def __getattr__(name: str) -> Any:

@@ -7,8 +7,11 @@ runs skip finished outputs, so a killed run resumes losing nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,8 +22,8 @@ from tqdm.auto import tqdm
 from .conditioning.mllm import MLLM_NEGATIVE_SUFFIX, encode_mllm, load_mllm_processor
 from .conditioning.references import load_references
 from .conditioning.text import DEFAULT_NEGATIVE_PROMPT
-from .config import field
-from .io.files import atomic_torch_save, ensure_writable_dir
+from .config import field, to_dict
+from .io.files import atomic_torch_save, atomic_write_json, ensure_writable_dir
 from .io.manifest import (
     ManifestEntry,
     load_manifest,
@@ -196,7 +199,12 @@ def shard_of(items: list, rank: int | None = None, world_size: int | None = None
 
 
 def run_manifest(config: RunManifestConfig) -> list[Path]:
-    """Generate every entry of a manifest to ``<out>/<id>.mp4``, skipping the ones already written."""
+    """Generate every entry of a manifest to ``<out>/<id>.mp4``, skipping the ones already written.
+
+    Under torchrun each rank takes its share (:func:`shard_of`); every video uses the same fixed seed,
+    so a video does not depend on the sharding. A run record (config, versions, timings) is written
+    beside the videos.
+    """
     config.validate()
     entries = load_manifest(config.manifest)
     ensure_writable_dir(config.out / "probe.mp4")
@@ -207,8 +215,9 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
     if not todo:
         return []
     pipe = load_pipeline(config)
-    written = []
+    written, seconds = [], {}
     for entry in tqdm(todo, desc="manifest", unit="video"):
+        start = time.perf_counter()
         positive, negative = _existing_states(entry, config.manifest.parent)
         frames = pipe(
             entry.prompt,
@@ -218,7 +227,41 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
             **_sampling_kwargs(config),
         ).frames[0]
         written.append(write_video(frames, config.out / f"{entry.id}.mp4", fps=config.fps))
+        seconds[entry.id] = round(time.perf_counter() - start, 3)
+        _write_run_record(config, pipe, seconds)
     return written
+
+
+def _write_run_record(config: RunManifestConfig, pipe, seconds: dict[str, float]) -> Path:
+    """``run_record[.rankN].json`` beside the videos: what produced them, with which versions, how fast."""
+    import diffusers
+    import transformers
+
+    from . import __version__
+
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    path = config.out / ("run_record.json" if world_size == 1 else f"run_record.rank{rank}.json")
+    if path.is_file():  # a resumed run keeps the timings of the videos made before
+        seconds = {**json.loads(path.read_text()).get("seconds_per_video", {}), **seconds}
+    record = {
+        "config": to_dict(config),
+        # Paths and tuples inside the configs become strings and lists.
+        "model": json.loads(
+            json.dumps({"transformer": pipe.transformer.config, "pipeline": pipe.config}, default=str)
+        ),
+        "device": str(pipe._execution_device),
+        "rank": rank,
+        "world_size": world_size,
+        "versions": {
+            "bindweave": __version__,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "seconds_per_video": seconds,
+    }
+    return atomic_write_json(path, record)
 
 
 def _existing_states(entry: ManifestEntry, base: Path) -> tuple[Path | None, Path | None]:

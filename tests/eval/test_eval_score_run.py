@@ -148,7 +148,10 @@ def test_configured_models_dir_with_missing_files_fails_up_front(eval_case):
     message = str(info.value)
     assert "clip-vit-large-patch14 (from openai/clip-vit-large-patch14)" in message
     assert "aesthetic-model.pth" not in message  # present
-    assert "yolo_world_v2_l_image_prompt_adapter-719a7afb.pth" in message and "gme-Qwen2-VL-7B-Instruct" in message
+    assert (
+        "yolo_world_v2_l_image_prompt_adapter-719a7afb.pth" in message
+        and "gme-Qwen2-VL-7B-Instruct" in message
+    )
     assert not (root / "out" / "per_video").exists() or not any((root / "out" / "per_video").iterdir())
 
 

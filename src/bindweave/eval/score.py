@@ -151,7 +151,10 @@ def _required_files(metric: str, root: Path) -> list[tuple[Path, str]]:
     table = {
         "aesthetic": [(AESTHETIC_CLIP, CLIP_SOURCE), (AESTHETIC_MLP, MLP_SOURCE)],
         "motion_smoothness": [(QALIGN_DIR, QALIGN_SOURCE)],
-        "facesim_cur": [(FACE_DETECTOR_DIR, INSIGHTFACE_SOURCE), (CURRICULARFACE_FILE, CURRICULARFACE_SOURCE)],
+        "facesim_cur": [
+            (FACE_DETECTOR_DIR, INSIGHTFACE_SOURCE),
+            (CURRICULARFACE_FILE, CURRICULARFACE_SOURCE),
+        ],
         "gme": [(GME_DIR, GME_SOURCE)],
         "nexus": [
             (GME_DIR, GME_SOURCE),
@@ -415,6 +418,7 @@ def run_score(
     requested metrics are built from the config.
     """
     entries = load_manifest(config.manifest)
+    preflight(dataclasses.replace(config, metrics=[m for m in config.metrics if m not in (scorers or {})]))
     images_dir = config.images_dir or config.manifest.parent
     if not config.videos_dir.is_dir():
         raise FileNotFoundError(f"videos_dir {config.videos_dir} is not a folder")
@@ -439,8 +443,6 @@ def run_score(
         )
     records = {s.id: _load_record(per_video_dir / f"{s.id}.json", s) for s in samples}
 
-    if not scorers:
-        preflight(config)
     builders = _Builders(config)
     unavailable: dict[str, str] = {}
     overrides = dict(scorers or {})

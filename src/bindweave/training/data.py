@@ -55,10 +55,6 @@ class SampleError(ValueError):
     """A clip that cannot be loaded under ``on_bad_sample: error``; names the manifest line and file."""
 
 
-#: Data errors the bad-sample policy may skip; anything else is a bug and always propagates.
-DATA_ERRORS: tuple[type[Exception], ...] = (ClipError, ReferenceError)
-
-
 @dataclass
 class RawClip:
     """A decoded clip before encoding."""
@@ -125,7 +121,11 @@ class StageDataset(Dataset, Generic[Item]):
     with a data error is logged and replaced by the next clip of the dataset (so batch shapes, and the
     collective calls of every rank, stay the same); the replaced clips are reported in
     :attr:`Sample.skipped` so the trainer can count them across worker processes.
+
+    Only the errors in :attr:`data_errors` count as bad data; anything else is a bug and propagates.
     """
+
+    data_errors: tuple[type[Exception], ...] = (ClipError, ReferenceError)
 
     def __init__(self, on_bad_sample: str, source: str):
         self.on_bad_sample = on_bad_sample
@@ -146,7 +146,7 @@ class StageDataset(Dataset, Generic[Item]):
         for _ in range(len(self)):
             try:
                 return Sample(key=key, line=self.line(index), item=self.load(index, key.epoch), skipped=skipped)
-            except DATA_ERRORS as err:
+            except self.data_errors as err:
                 message = f"{self.source}:{self.line(index)}: {err}"
                 if self.on_bad_sample == "error":
                     raise SampleError(f"{message} (set data.on_bad_sample: skip to skip bad clips)") from err

@@ -1,0 +1,129 @@
+"""Processes and sharding: ``torchrun`` environment, FSDP2, and the few collectives the trainer needs.
+
+One code path for every layout: a plain ``python`` process is world size 1 with no process group; under
+``torchrun`` (one node or many) every rank joins the default group (NCCL on GPUs, gloo on CPUs) and the
+transformer is sharded with FSDP2 (``fully_shard`` on each transformer block, then on the root).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from .config import DistributedConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DistributedContext", "all_reduce_mean", "barrier", "init_distributed", "shard_transformer"]
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed(timeout_minutes: float = 30.0) -> DistributedContext:
+    """Join the ``torchrun`` job described by the environment, or describe this lone process.
+
+    The device is ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU (gloo backend).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend=backend,
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+            device_id=device if device.type == "cuda" else None,
+        )
+        logger.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, device)
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistributedContext) -> None:
+    if ctx.is_distributed:
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
+    """The mean of ``value`` over ranks (a copy; ``value`` itself is left alone)."""
+    value = value.detach().clone()
+    if ctx.is_distributed:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= ctx.world_size
+    return value
+
+
+def all_reduce_sum(value: int, ctx: DistributedContext) -> int:
+    if not ctx.is_distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return int(tensor.item())
+
+
+def device_mesh(ctx: DistributedContext, config: DistributedConfig) -> DeviceMesh:
+    """1-D mesh (shard over all ranks) or, with ``shard_group_size``, 2-D (replicate, shard) for HSDP."""
+    group = config.shard_group_size or ctx.world_size
+    if ctx.world_size % group:
+        raise ValueError(
+            f"distributed.shard_group_size={group} does not divide the world size {ctx.world_size}"
+        )
+    if group == ctx.world_size:
+        return init_device_mesh(ctx.device.type, (ctx.world_size,), mesh_dim_names=("shard",))
+    return init_device_mesh(
+        ctx.device.type, (ctx.world_size // group, group), mesh_dim_names=("replicate", "shard")
+    )
+
+
+def shard_transformer(
+    transformer: torch.nn.Module,
+    ctx: DistributedContext,
+    config: DistributedConfig,
+    compute_dtype: torch.dtype | None,
+) -> torch.nn.Module:
+    """Shard ``transformer`` in place with FSDP2: each block, then the root (embedders, head).
+
+    With ``compute_dtype`` (bf16) parameters are gathered and used in that dtype while the sharded
+    master copies and the gradient reduction stay float32.
+    """
+    mesh = device_mesh(ctx, config)
+    mixed = (
+        MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        if compute_dtype is not None
+        else MixedPrecisionPolicy()
+    )
+    options = {"mesh": mesh, "mp_policy": mixed, "reshard_after_forward": config.reshard_after_forward}
+    for block in transformer.blocks:
+        fully_shard(block, **options)
+    fully_shard(transformer, **options)
+    return transformer

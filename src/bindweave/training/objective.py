@@ -1,0 +1,74 @@
+"""The training objective: rectified flow with the released timestep table and loss weights (spec 4).
+
+- The table: 1000 sigmas from 1 to 0 shifted with shift 5 (:func:`bindweave.flow.training_sigmas`),
+  timesteps ``1000 s'``; a sample's timestep is a uniformly drawn index into it.
+- ``x_t = (1 - s) x_0 + s eps`` and the target ``v = eps - x_0`` (:mod:`bindweave.flow`, shared with
+  the sampler); the prediction is :func:`bindweave.denoiser.predict_velocity`, the sampler's call.
+- Loss: the MSE over the video latents (the model already drops the reference slots), per sample,
+  times the released weight of its timestep (:func:`bindweave.flow.loss_weights`), averaged.
+
+Noise and timestep indices are drawn per sample from a generator keyed by (seed, stage, stream
+position), so they do not depend on the number of processes, and a resumed run draws the same ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bindweave.denoiser import Conditioning, predict_velocity
+from bindweave.flow import add_noise, loss_weights, sigma_to_timestep, training_sigmas, velocity_target
+
+__all__ = ["FlowMatchingObjective", "LossOutput"]
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar: weighted MSE averaged over the batch
+    per_sample: torch.Tensor  # (B,) unweighted MSE of each sample
+    timesteps: torch.Tensor  # (B,)
+
+
+class FlowMatchingObjective:
+    """The timestep table and its loss weights, and the loss itself."""
+
+    def __init__(self, num_timesteps: int = 1000, shift: float = 5.0):
+        # float64 tables; each lookup is cast to float32 on the compute device.
+        self.sigmas = training_sigmas(num_timesteps, shift)  # (T,) from 1 down, shifted
+        self.timesteps = sigma_to_timestep(self.sigmas)  # (T,) in (0, 1000]
+        self.weights = loss_weights(self.timesteps)  # (T,) sums to 1000
+
+    def draw(
+        self, shape: tuple[int, ...], seed: int, stage: int, positions: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise ``(B, *shape)`` and timestep indices ``(B,)`` for the samples at ``positions``."""
+        noises, indices = [], []
+        for position in positions:
+            key = np.random.SeedSequence([seed, stage, position, 0x7015E]).generate_state(2, dtype=np.uint64)
+            generator = torch.Generator().manual_seed(int(key[0] >> np.uint64(1)))
+            indices.append(torch.randint(0, len(self.sigmas), (1,), generator=generator))
+            noises.append(torch.randn(shape, generator=generator))
+        return torch.stack(noises), torch.cat(indices)
+
+    def loss(
+        self,
+        transformer: torch.nn.Module,
+        latents: torch.Tensor,
+        cond: Conditioning,
+        noise: torch.Tensor,
+        index: torch.Tensor,
+    ) -> LossOutput:
+        """Weighted flow-matching loss of ``latents`` ``(B, z, F', h, w)`` noised with ``noise`` at ``index``."""
+        device = latents.device
+        x0, noise = latents.float(), noise.to(device, torch.float32)
+        index = index.cpu()
+        sigma = self.sigmas[index].to(device, torch.float32)  # (B,)
+        timestep = self.timesteps[index].to(device, torch.float32)  # (B,)
+        x_t = add_noise(x0, noise, sigma)
+        target = velocity_target(x0, noise)
+        prediction = predict_velocity(transformer, x_t, timestep, cond)  # (B, z, F', h, w)
+        per_sample = (prediction.float() - target).pow(2).flatten(1).mean(dim=1)  # (B,)
+        weights = self.weights[index].to(device, torch.float32)  # (B,)
+        return LossOutput(loss=(per_sample * weights).mean(), per_sample=per_sample.detach(), timesteps=timestep)
