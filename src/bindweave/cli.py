@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from . import config as cfg
 from .demo import DemoConfig, run_demo
+from .eval.score import EvalScoreConfig, run_score
 from .generate import (
     ExtractMLLMConfig,
     GenerateConfig,
@@ -18,6 +19,7 @@ from .generate import (
     run_generate,
     run_manifest,
 )
+from .refine import RefineConfig, run_refine
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,19 @@ COMMANDS = [
         run_manifest,
     ),
     Command(
+        "eval generate",
+        "generate the OpenS2V-Eval videos of a manifest (fixed seed, resumable, sharded under torchrun)",
+        RunManifestConfig,
+        run_manifest,
+    ),
+    Command("eval score", "score generated videos with the OpenS2V-Eval metrics", EvalScoreConfig, run_score),
+    Command(
+        "refine",
+        "rewrite a manifest's prompts from its references with a VLM (spec 5)",
+        RefineConfig,
+        run_refine,
+    ),
+    Command(
         "extract-mllm",
         "save the MLLM states of a manifest in the released .pt format, plus a manifest copy pointing at them",
         ExtractMLLMConfig,
@@ -52,8 +67,17 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
     parser = argparse.ArgumentParser(prog="bindweave", description="BindWeave subject-to-video generation")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
     for command in commands:
-        sub_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        # "eval score" is the subcommand "score" of the group "eval".
+        *group, name = command.name.split(" ")
+        target = sub
+        if group:
+            if group[0] not in groups:
+                group_parser = sub.add_parser(group[0], help=f"{group[0]} commands")
+                groups[group[0]] = group_parser.add_subparsers(dest="subcommand", required=True)
+            target = groups[group[0]]
+        sub_parser = target.add_parser(name, help=command.help, description=command.help)
         cfg.add_arguments(sub_parser, command.config_cls)
         sub_parser.set_defaults(_command=command)
     return parser

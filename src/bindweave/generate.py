@@ -94,6 +94,13 @@ class GenerateConfig(ModelConfig, SamplingConfig):
         None, help="precomputed MLLM states (.pt, released format) for the prompt"
     )
     negative_mllm_states: Path | None = field(None, help="precomputed MLLM states for the negative prompt")
+    refine: Literal["none", "local", "endpoint"] = field(
+        "none",
+        help="rewrite the prompt from the references first: with the pipeline's Qwen2.5-VL or an endpoint",
+    )
+    refine_endpoint: str | None = field(None, help="OpenAI-compatible base URL for --refine endpoint")
+    refine_model: str = field("gpt-4o", help="model name for --refine endpoint")
+    refine_api_key_env: str = field("OPENAI_API_KEY", help="environment variable with the endpoint's API key")
 
 
 @dataclass(kw_only=True)
@@ -178,9 +185,12 @@ def run_generate(config: GenerateConfig) -> Path:
     config.validate()
     _check_mp4_path(config.out)
     references = load_references(config.refs)  # fail on a bad image before loading any model
+    if config.refine == "endpoint" and not config.refine_endpoint:
+        raise ValueError("--refine endpoint needs --refine-endpoint URL")
     pipe = load_pipeline(config)
+    prompt = _refined_prompt(config, pipe, references) if config.refine != "none" else config.prompt
     frames = pipe(
-        config.prompt,
+        prompt,
         references,
         mllm_hidden_states=config.mllm_states,
         negative_mllm_hidden_states=config.negative_mllm_states,
@@ -189,6 +199,22 @@ def run_generate(config: GenerateConfig) -> Path:
     write_video(frames, config.out, fps=config.fps)
     logger.info("wrote %s", config.out)
     return config.out
+
+
+def _refined_prompt(config: GenerateConfig, pipe, references) -> str:
+    """Spec 5's optional first step; an unusable answer keeps the user's prompt (with a warning)."""
+    from .refine import EndpointRefiner, LocalQwenRefiner, refine_prompt
+
+    if config.refine == "local":
+        if pipe.mllm is None:
+            raise ValueError("--refine local needs the pipeline's Qwen2.5-VL (give --mllm)")
+        refiner = LocalQwenRefiner(pipe.mllm, pipe.mllm_processor)
+    else:
+        refiner = EndpointRefiner(config.refine_endpoint, config.refine_model, config.refine_api_key_env)
+    result = refine_prompt(refiner, config.prompt, references)
+    if result.accepted:
+        logger.info("refined prompt: %s", result.prompt)
+    return result.prompt
 
 
 def shard_of(items: list, rank: int | None = None, world_size: int | None = None) -> list:

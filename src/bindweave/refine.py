@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 from PIL import Image
 from tqdm import tqdm
 
+from bindweave.conditioning.references import load_references
 from bindweave.config import field
 from bindweave.eval.chat import ChatClient, ChatEndpointError, image_part, text_part
 from bindweave.io.manifest import ManifestEntry, load_manifest, resolve_images, save_manifest, with_fields
@@ -265,9 +266,7 @@ def build_refiner(config: RefineConfig) -> PromptRefiner:
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = (
-        Qwen2_5_VLForConditionalGeneration.from_pretrained(config.mllm_path, torch_dtype=dtype)
-        .to(device)
-        .eval()
+        Qwen2_5_VLForConditionalGeneration.from_pretrained(config.mllm_path, dtype=dtype).to(device).eval()
     )
     return LocalQwenRefiner(
         model, load_mllm_processor(config.mllm_path), config.max_new_tokens, config.max_image_side
@@ -275,12 +274,7 @@ def build_refiner(config: RefineConfig) -> PromptRefiner:
 
 
 def _load_images(entry: ManifestEntry, images_dir: Path) -> list[Image.Image]:
-    paths = resolve_images(entry, images_dir)[:MAX_REFERENCES]
-    images = []
-    for path in paths:
-        with Image.open(path) as img:
-            images.append(img.convert("RGB"))
-    return images
+    return load_references(resolve_images(entry, images_dir))  # the generator's loading rules (1-4, RGB)
 
 
 def run_refine(config: RefineConfig, refiner: PromptRefiner | None = None) -> dict[str, Any]:

@@ -40,13 +40,14 @@ def load_reference(reference: ReferenceInput, name: str = "reference") -> PIL.Im
     if isinstance(reference, PIL.Image.Image):
         return reference.convert("RGB")
     if isinstance(reference, torch.Tensor):
-        reference = reference.detach().cpu().numpy()
+        tensor = reference.detach().cpu()
+        reference = (tensor if tensor.dtype == torch.uint8 else tensor.float()).numpy()  # numpy has no bf16
     if isinstance(reference, np.ndarray):
         if reference.ndim != 3 or reference.shape[-1] != 3:
             raise ReferenceError(f"{name}: array must have shape (H, W, 3), got {reference.shape}")
         if reference.dtype != np.uint8:
-            if reference.min() < 0 or reference.max() > 1:
-                raise ReferenceError(f"{name}: float array values must lie in [0, 1]")
+            if not np.isfinite(reference).all() or reference.min() < 0 or reference.max() > 1:
+                raise ReferenceError(f"{name}: float array values must be finite and lie in [0, 1]")
             reference = np.round(reference * 255).astype(np.uint8)
         return PIL.Image.fromarray(reference, mode="RGB")
     raise ReferenceError(f"{name}: unsupported reference type {type(reference).__name__}")

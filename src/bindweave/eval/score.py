@@ -63,14 +63,12 @@ YOLO_CLIP_DIR = "clip-vit-base-patch32"
 YOLO_WEIGHTS = "yolo_world_v2_l_image_prompt_adapter-719a7afb.pth"
 YOLO_CONFIG = "yolo_world_v2_l_vlpan_bn_2e-4_80e_8gpus_image_prompt_demo.py"
 
-MODEL_METRICS = ("aesthetic", "motion_smoothness", "facesim_cur", "gme", "nexus")
-
 
 @dataclass
 class EvalScoreConfig:
     """Score generated videos with OpenS2V-Eval (per video, per category, TotalScore)."""
 
-    videos_dir: Path = field(help="folder with the generated videos, named <case id>.mp4")
+    videos_dir: Path = field(flag="--videos", help="folder with the generated videos, named <case id>.mp4")
     manifest: Path = field(help="the case manifest (e.g. Open-Domain_Eval.json)")
     output_dir: Path = field(help="where per-video JSON, summary.json and summary.md are written")
     images_dir: Path | None = field(
@@ -78,6 +76,7 @@ class EvalScoreConfig:
     )
     models_dir: Path | None = field(
         None,
+        flag="--models",
         help="folder holding the scoring models (layout: see bindweave.eval.score); "
         "without it the model-based metrics are reported missing",
     )

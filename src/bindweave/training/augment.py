@@ -67,4 +67,3 @@ def _shift_hue(image: PIL.Image.Image, shift: float) -> PIL.Image.Image:
     offset = round(shift * _HUE_LUT_SIZE)
     h = h.point([(i + offset) % _HUE_LUT_SIZE for i in range(_HUE_LUT_SIZE)])
     return PIL.Image.merge("HSV", (h, s, v)).convert("RGB")
-

@@ -110,7 +110,9 @@ class FeatureCacheWriter:
         else:
             self._check_shared(video_condition)
         with atomic_write(self.clip_path(line)) as tmp:
-            safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+            safetensors.torch.save_file(
+                {k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata
+            )
 
     def _check_shared(self, video_condition: torch.Tensor) -> None:
         """Store the grey-video condition once; every clip's must be the same tensor."""
@@ -121,7 +123,9 @@ class FeatureCacheWriter:
                     safetensors.torch.save_file({"video_condition": video_condition}, tmp)
             self._shared = safetensors.torch.load_file(path)["video_condition"]
         if not torch.equal(self._shared, video_condition):
-            raise CacheError(f"{self.root}: the grey-video condition differs between clips; was the VAE changed?")
+            raise CacheError(
+                f"{self.root}: the grey-video condition differs between clips; was the VAE changed?"
+            )
 
     def write_skip(self, line: int, reason: str) -> None:
         atomic_write_json(self.skip_path(line), {"line": line, "reason": reason})

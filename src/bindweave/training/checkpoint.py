@@ -152,7 +152,9 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -161,7 +163,9 @@ def _set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------------------------------------- save
 
 
-def _save_transformer(state_dict: dict[str, torch.Tensor], config: dict, folder: Path, dtype: torch.dtype) -> None:
+def _save_transformer(
+    state_dict: dict[str, torch.Tensor], config: dict, folder: Path, dtype: torch.dtype
+) -> None:
     """``save_pretrained`` a plain (unsharded) copy of the DiT built from a full state dict."""
     with torch.device("meta"):
         model = BindWeaveTransformer3DModel.from_config(config)
@@ -195,7 +199,9 @@ def save_checkpoint(
         if ctx.is_main:
             transformer.save_lora_adapter(tmp / LORA_DIR)
     else:
-        full = get_model_state_dict(transformer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = get_model_state_dict(
+            transformer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         if ctx.is_main:
             _save_transformer(full, dict(transformer.config), tmp / "transformer", save_dtype)
         del full
@@ -261,7 +267,9 @@ def load_checkpoint(
     if rng_file.is_file():
         _set_rng_state(torch.load(rng_file, weights_only=True))
     else:
-        logger.warning("%s has no RNG state for rank %d (saved with %d ranks)", path, ctx.rank, info["world_size"])
+        logger.warning(
+            "%s has no RNG state for rank %d (saved with %d ranks)", path, ctx.rank, info["world_size"]
+        )
     fields = {k: info[k] for k in asdict(TrainingState())}
     return LoadedCheckpoint(
         state=TrainingState(**fields),

@@ -145,7 +145,9 @@ class DataConfig:
     feature_dtype: Literal["float32", "bfloat16"] = field(
         "bfloat16", help="dtype of the encoded features, online and in the cache"
     )
-    num_workers: int = field(2, help="data-loader worker processes that decode videos (0: in the main process)")
+    num_workers: int = field(
+        2, help="data-loader worker processes that decode videos (0: in the main process)"
+    )
     augment: AugmentConfig = field(default_factory=AugmentConfig, help="reference augmentation")
 
     def validate(self, where: str) -> None:
@@ -193,7 +195,9 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], help="AdamW betas")
     weight_decay: float = field(0.0, help="AdamW (decoupled) weight decay")
     eps: float = field(1e-8, help="AdamW epsilon")
-    max_grad_norm: float | None = field(None, help="clip the global gradient norm to this (null: no clipping)")
+    max_grad_norm: float | None = field(
+        None, help="clip the global gradient norm to this (null: no clipping)"
+    )
 
     def validate(self, where: str) -> None:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -251,7 +255,8 @@ class CheckpointConfig:
     every_steps: int = field(500, help="write a checkpoint every this many steps (and at the end)")
     keep_last: int = field(3, help="keep only the newest this many checkpoints")
     save_dtype: Literal["float32", "bfloat16"] = field(
-        "bfloat16", help="dtype of the transformer weights in checkpoint-*/transformer (training state is fp32)"
+        "bfloat16",
+        help="dtype of the transformer weights in checkpoint-*/transformer (training state is fp32)",
     )
 
     def validate(self, where: str) -> None:
@@ -356,7 +361,9 @@ class TrainConfig:
 class PrecomputeConfig:
     """``bindweave precompute``: encode a manifest's clips once with the frozen encoders."""
 
-    config: Path = field(help="training config (YAML/JSON) whose 'model', 'data' and 'seed' define the features")
+    config: Path = field(
+        help="training config (YAML/JSON) whose 'model', 'data' and 'seed' define the features"
+    )
     manifest: Path = field(help="JSONL clip manifest to encode")
     output_dir: Path = field(help="feature cache folder (one safetensors file per clip + index.json)")
     device: str | None = field(None, help="device of the encoders (default: this rank's GPU, else cpu)")

@@ -145,7 +145,9 @@ class StageDataset(Dataset, Generic[Item]):
         index = key.index
         for _ in range(len(self)):
             try:
-                return Sample(key=key, line=self.line(index), item=self.load(index, key.epoch), skipped=skipped)
+                return Sample(
+                    key=key, line=self.line(index), item=self.load(index, key.epoch), skipped=skipped
+                )
             except self.data_errors as err:
                 message = f"{self.source}:{self.line(index)}: {err}"
                 if self.on_bad_sample == "error":
@@ -153,7 +155,9 @@ class StageDataset(Dataset, Generic[Item]):
                 logger.warning("skipping bad clip %s", message)
                 skipped.append(message)
                 index = (index + 1) % len(self)
-        raise SampleError(f"{self.source}: none of its {len(self)} clips could be loaded:\n  " + "\n  ".join(skipped))
+        raise SampleError(
+            f"{self.source}: none of its {len(self)} clips could be loaded:\n  " + "\n  ".join(skipped)
+        )
 
 
 class ClipDataset(StageDataset[RawClip]):
@@ -175,7 +179,9 @@ class ClipDataset(StageDataset[RawClip]):
         window = np.random.default_rng(np.random.SeedSequence([self.seed, record.line, epoch, 0xF4A3]))
         start = window.random() if data.frame_start == "random" else 0.0
         try:
-            video = read_training_clip(record.video, data.num_frames, data.fps, data.height, data.width, start)
+            video = read_training_clip(
+                record.video, data.num_frames, data.fps, data.height, data.width, start
+            )
         except ClipError as err:
             raise ClipError(f"{record.video}: {err}") from err
         fill = BACKGROUND_RGB[data.subject_background]
@@ -195,7 +201,9 @@ def _keep_list(samples: list[Any]) -> list[Any]:
     return samples
 
 
-def make_loader(dataset: StageDataset, sampler: StreamBatchSampler, num_workers: int, seed: int) -> DataLoader:
+def make_loader(
+    dataset: StageDataset, sampler: StreamBatchSampler, num_workers: int, seed: int
+) -> DataLoader:
     """A loader of lists of :class:`Sample` (encoding and stacking happen in the trainer).
 
     The loader gets its own generator so creating it never draws from the global torch RNG.

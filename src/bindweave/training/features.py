@@ -105,7 +105,9 @@ def collate_features(items: list[ClipFeatures], lines: list[int], positions: lis
 
     return FeatureBatch(
         latents=stack("latents"),
-        cond=Conditioning(text=stack("text"), image=stack("image"), mllm=stack("mllm"), condition=stack("condition")),
+        cond=Conditioning(
+            text=stack("text"), image=stack("image"), mllm=stack("mllm"), condition=stack("condition")
+        ),
         mllm_mask=stack("mllm_mask"),
         lines=list(lines),
         positions=list(positions),

@@ -142,7 +142,7 @@ def parse_clip_line(text: str, line: int, base_dir: Path) -> ClipRecord:
 
     refs = entry.get("references")
     if not isinstance(refs, list):
-        raise ManifestError("'references' must be a list of {\"image\": ..., \"mask\": ...} objects")
+        raise ManifestError('\'references\' must be a list of {"image": ..., "mask": ...} objects')
     if not 1 <= len(refs) <= MAX_REFERENCES:
         raise ManifestError(f"{len(refs)} references; BindWeave trains with 1 to {MAX_REFERENCES}")
     references = []

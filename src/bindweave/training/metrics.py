@@ -49,9 +49,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         numbers = {k: v for k, v in values.items() if isinstance(v, (int, float))}
-        logger.info(
-            "step %d | %s", step, " | ".join(f"{k} {_format(v)}" for k, v in values.items())
-        )
+        logger.info("step %d | %s", step, " | ".join(f"{k} {_format(v)}" for k, v in values.items()))
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
         if self.writer is not None:

@@ -43,9 +43,11 @@ def load_pipeline(
             with torch.device("meta"):
                 kwargs["transformer"] = BindWeaveTransformer3DModel.from_config(config)
         dtypes = {"transformer": transformer_dtype, "vae": torch.float32, "default": encoder_dtype}
-        pipe = BindWeavePipeline.from_pretrained(model.pipeline, torch_dtype=dtypes, **kwargs)
+        pipe = BindWeavePipeline.from_pretrained(model.pipeline, dtype=dtypes, **kwargs)
     else:
-        pipe = BindWeavePipeline.from_released(model.wan, model.transformer, model.mllm, torch_dtype=encoder_dtype)
+        pipe = BindWeavePipeline.from_released(
+            model.wan, model.transformer, model.mllm, torch_dtype=encoder_dtype
+        )
         if load_transformer:
             pipe.transformer.to(transformer_dtype)
     pipe.set_progress_bar_config(disable=True)

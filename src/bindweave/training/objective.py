@@ -71,4 +71,6 @@ class FlowMatchingObjective:
         prediction = predict_velocity(transformer, x_t, timestep, cond)  # (B, z, F', h, w)
         per_sample = (prediction.float() - target).pow(2).flatten(1).mean(dim=1)  # (B,)
         weights = self.weights[index].to(device, torch.float32)  # (B,)
-        return LossOutput(loss=(per_sample * weights).mean(), per_sample=per_sample.detach(), timesteps=timestep)
+        return LossOutput(
+            loss=(per_sample * weights).mean(), per_sample=per_sample.detach(), timesteps=timestep
+        )

@@ -12,6 +12,7 @@ Launch with ``torchrun --nproc_per_node N`` to shard: rank ``r`` takes the clips
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .cache import FeatureCacheWriter, feature_settings
+from .cache import INDEX_NAME, FeatureCacheWriter, feature_settings
 from .config import PrecomputeConfig, load_train_config
 from .data import ClipDataset, RawClip
 from .distributed import all_reduce_sum, barrier, init_distributed
@@ -36,7 +37,7 @@ __all__ = ["PrecomputeSummary", "run_precompute"]
 @dataclass(frozen=True)
 class PrecomputeSummary:
     output_dir: Path
-    clips: int  # clips in the manifest (valid lines)
+    clips: int  # clips in the finished cache
     encoded: int  # encoded by this run, all ranks
     reused: int  # already in the cache before this run, all ranks
     skipped: int  # bad lines and bad clips, in the final index
@@ -101,15 +102,18 @@ def run_precompute(config: PrecomputeConfig) -> PrecomputeSummary:
 
     barrier(ctx)
     encoded, reused = all_reduce_sum(encoded, ctx), all_reduce_sum(reused, ctx)
-    skipped = 0
     if ctx.is_main:
         index = writer.write_index(manifest)
-        skipped = len(index["skipped"])
         logger.info(
             "feature cache %s: %d clips (%d encoded now, %d reused), %d skipped",
-            config.output_dir, len(index["clips"]), encoded, reused, skipped,
+            config.output_dir, len(index["clips"]), encoded, reused, len(index["skipped"]),
         )  # fmt: skip
     barrier(ctx)
+    index = json.loads((Path(config.output_dir) / INDEX_NAME).read_text(encoding="utf-8"))
     return PrecomputeSummary(
-        output_dir=Path(config.output_dir), clips=len(manifest), encoded=encoded, reused=reused, skipped=skipped
+        output_dir=Path(config.output_dir),
+        clips=len(index["clips"]),
+        encoded=encoded,
+        reused=reused,
+        skipped=len(index["skipped"]),
     )

@@ -28,7 +28,9 @@ Background = Literal["white", "black"]
 BACKGROUND_RGB: dict[str, tuple[int, int, int]] = {"white": (255, 255, 255), "black": (0, 0, 0)}
 
 
-def cut_out_subject(image: PIL.Image.Image, mask: np.ndarray, background: Background = "white") -> PIL.Image.Image:
+def cut_out_subject(
+    image: PIL.Image.Image, mask: np.ndarray, background: Background = "white"
+) -> PIL.Image.Image:
     """Crop ``image`` to the bounding box of ``mask`` (``(H, W)`` bool) and paint the rest ``background``.
 
     Raises:
@@ -56,7 +58,9 @@ def load_mask(path: Path) -> np.ndarray:
         raise ReferenceError(f"cannot read mask {path}: {err}") from err
 
 
-def load_subject(image_path: Path, mask_path: Path | None, background: Background = "white") -> PIL.Image.Image:
+def load_subject(
+    image_path: Path, mask_path: Path | None, background: Background = "white"
+) -> PIL.Image.Image:
     """A training reference: the image, cut out with its mask when it has one."""
     image = load_reference(image_path, name=str(image_path))
     if mask_path is None:

@@ -65,7 +65,9 @@ def decode_frames(path: PathLike, indices: list[int]) -> np.ndarray:
         raise ClipError(f"cannot decode video {path}: {err}") from err
     if len(found) != len(wanted):
         missing = sorted(set(wanted) - set(found))
-        raise ClipError(f"video {path} ended before frame {missing[0]} (decoded {len(found)} of {len(wanted)})")
+        raise ClipError(
+            f"video {path} ended before frame {missing[0]} (decoded {len(found)} of {len(wanted)})"
+        )
     return np.stack([found[i] for i in indices])
 
 
@@ -80,7 +82,9 @@ def resize_center_crop(frames: np.ndarray, height: int, width: int) -> torch.Ten
     scale = max(height / h, width / w)
     new_h, new_w = max(height, math.ceil(h * scale - 1e-6)), max(width, math.ceil(w * scale - 1e-6))
     if (new_h, new_w) != (h, w):
-        video = F.interpolate(video, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+        video = F.interpolate(
+            video, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+        )
     top, left = (new_h - height) // 2, (new_w - width) // 2
     video = video[:, :, top : top + height, left : left + width].clamp(0.0, 1.0)
     return (video * 2.0 - 1.0).permute(1, 0, 2, 3).contiguous()

@@ -1,0 +1,391 @@
+"""``bindweave train``: the BindWeave trainer (spec 4).
+
+One optimizer step::
+
+    for each of the gradient_accumulation_steps micro-batches (micro_batch_size clips on this rank):
+        features  <- the feature cache, or the frozen encoders run on decoded clips (inference code)
+        noise, t  <- drawn per sample, keyed by its stream position (layout-independent, resumable)
+        loss      <- weighted rectified-flow MSE of predict_velocity(DiT, x_t, t, cond) vs eps - x_0
+        backward(loss / accumulation)
+    grad norm (and clipping if configured); AdamW step; lr schedule step
+
+The same code runs as one process (CPU or one GPU) or under ``torchrun`` on many GPUs and nodes, where the
+DiT is sharded with FSDP2. Stages of the curriculum run in order, each with its own data, length and
+learning rate. Checkpoints hold a loadable pipeline plus the exact training state; a killed run started
+again with the same config continues from the newest checkpoint as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+
+from bindweave.conditioning.latents import latent_frame_count
+from bindweave.io.files import atomic_write_json
+
+from .cache import FeatureCache, FeatureCacheDataset, feature_settings
+from .checkpoint import (
+    TrainingState,
+    find_latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_frozen_components,
+)
+from .config import ConfigError, StageConfig, TrainConfig, config_to_dict
+from .data import ClipDataset, RawClip, Sample, SampleStream, StageDataset, StreamBatchSampler, make_loader
+from .distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shard_transformer,
+)
+from .features import DTYPES, FeatureBatch, FeatureEncoder, collate_features
+from .manifest import read_clip_manifest
+from .metrics import MetricsLogger
+from .model import configure_trainable, load_pipeline
+from .objective import FlowMatchingObjective
+from .validation import Validator
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainSummary", "Trainer", "run_train"]
+
+
+@dataclass
+class TrainSummary:
+    """What one invocation of :func:`run_train` did."""
+
+    output_dir: Path
+    step: int  # optimizer steps done in total (all invocations)
+    losses: list[float] = field(default_factory=list)  # per step of this invocation, mean over ranks
+    checkpoints: list[Path] = field(default_factory=list)
+    validation_videos: list[Path] = field(default_factory=list)
+    skipped_samples: int = 0
+    clips_per_second: float = 0.0  # mean over the steps of this invocation after the first
+    tokens_per_second: float = 0.0
+    stopped_early: bool = False  # left because of stop_after_steps
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # weighted loss, mean over the global batch
+    grad_norm: float  # global L2 norm of the gradients, before clipping
+    lr: float  # learning rate the step used
+    skipped: int  # bad clips skipped while loading this step's batch (all ranks)
+
+
+def run_train(config: TrainConfig) -> TrainSummary:
+    """Train as ``config`` says (see :class:`~bindweave.training.config.TrainConfig`)."""
+    config.validate()
+    ctx = init_distributed()
+    _setup_logging(ctx)
+    trainer = Trainer(config, ctx)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+def _setup_logging(ctx: DistributedContext) -> None:
+    level = logging.INFO if ctx.is_main else logging.WARNING
+    logging.basicConfig(
+        level=level, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("bindweave.training").setLevel(level)
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig) -> LambdaLR:
+    """The stage's learning rate: linear warmup over ``warmup_steps``, then constant ``stage.lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = stage.lr
+    warmup = stage.warmup_steps
+    return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+
+class Trainer:
+    """Holds the run's model, optimizer, data and bookkeeping; :meth:`train` runs the curriculum."""
+
+    def __init__(self, config: TrainConfig, ctx: DistributedContext):
+        self.config, self.ctx = config, ctx
+        self.output_dir = Path(config.output_dir)
+        self.global_batch = config.micro_batch_size * config.gradient_accumulation_steps * ctx.world_size
+        if config.global_batch_size is not None and config.global_batch_size != self.global_batch:
+            raise ConfigError(
+                f"global_batch_size {config.global_batch_size} != micro_batch_size {config.micro_batch_size} x "
+                f"gradient_accumulation_steps {config.gradient_accumulation_steps} x {ctx.world_size} processes"
+            )
+        self.sharded = ctx.world_size > 1
+        if self.sharded and config.trainable == "lora":
+            raise ConfigError(
+                "trainable: lora runs in a single process; use trainable: full for FSDP2 training"
+            )
+        self.compute_dtype = torch.bfloat16 if config.precision == "bf16" else None
+        _seed_everything(config.seed + ctx.rank)
+
+        # 1. Pretrained components. Trainable weights are float32 masters; a LoRA base stays in the
+        #    compute dtype (it never changes, and bf16 halves the memory of a 14B base).
+        lora_base_dtype = self.compute_dtype if config.trainable == "lora" and self.compute_dtype else None
+        self.pipe = load_pipeline(config.model, lora_base_dtype or torch.float32)
+        if ctx.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.output_dir / "train_config.json", config_to_dict(config))
+            write_frozen_components(
+                self.pipe, self.output_dir, include_transformer=config.trainable == "lora"
+            )
+        barrier(ctx)
+
+        # 2. The model to train.
+        self.transformer = self.pipe.transformer
+        self.params = configure_trainable(self.transformer, config.trainable, config.lora)
+        if config.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        self.transformer.train()
+        if self.sharded:
+            shard_transformer(self.transformer, ctx, config.distributed, self.compute_dtype)
+        else:
+            self.transformer.to(ctx.device)
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=config.stages[0].lr,
+            betas=tuple(config.optimizer.betas),
+            eps=config.optimizer.eps,
+            weight_decay=config.optimizer.weight_decay,
+        )
+        self.objective = FlowMatchingObjective()
+
+        # 3. Frozen encoders: on the device when a stage encodes clips online or validation prompts need
+        #    encoding; in a cache-only run they go back to the CPU once the validation prompts are encoded.
+        online = any(stage.manifest is not None for stage in config.stages)
+        needs_encoders = online or bool(config.validation.every_steps)
+        self.encoder = FeatureEncoder(
+            self.pipe, config.data, ctx.device if needs_encoders else torch.device("cpu")
+        )
+        self.validator = (
+            Validator(self.pipe, config.validation, config.data, self.output_dir, ctx)
+            if config.validation.every_steps
+            else None
+        )
+        if not online:
+            for name in ("text_encoder", "image_encoder", "mllm"):
+                module = getattr(self.pipe, name, None)
+                if module is not None:
+                    module.to("cpu")
+
+        # 4. Resume.
+        self.state = TrainingState()
+        self.scheduler_state: dict | None = None
+        checkpoint = self._resume_checkpoint()
+        if checkpoint is not None:
+            loaded = load_checkpoint(checkpoint, self.transformer, self.optimizer, ctx)
+            self.state, self.scheduler_state = loaded.state, loaded.scheduler_state
+            logger.info(
+                "resumed from %s at step %d (stage %d)", checkpoint, self.state.step, self.state.stage
+            )
+        self.metrics = MetricsLogger(self.output_dir, ctx, config.logging.tensorboard, self.state.step)
+
+        cfg, spatial = self.transformer.config, self.pipe.vae_scale_factor_spatial
+        latent_h, latent_w = config.data.height // spatial, config.data.width // spatial
+        self.tokens_per_clip = (
+            (cfg.num_reference_slots + latent_frame_count(config.data.num_frames))
+            * (latent_h // cfg.patch_size[1])
+            * (latent_w // cfg.patch_size[2])
+        )  # DiT sequence length, reference slots included
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _resume_checkpoint(self) -> Path | None:
+        resume = self.config.resume
+        if resume == "never":
+            return None
+        if resume == "auto":
+            return find_latest_checkpoint(self.output_dir)
+        return Path(resume)
+
+    def _stage_dataset(self, stage: StageConfig) -> StageDataset:
+        data = self.config.data
+        if stage.cache is not None:
+            cache = FeatureCache(stage.cache, feature_settings(data, self.config.seed))
+            return FeatureCacheDataset(cache, data.on_bad_sample)
+        manifest = read_clip_manifest(stage.manifest, data.on_bad_sample)
+        if self.state.stage_step == 0:  # a resumed stage has its bad lines in the saved count already
+            self.state.skipped_samples += len(manifest.skipped)
+        return ClipDataset(manifest, data, self.config.seed)
+
+    def compute_context(self) -> AbstractContextManager:
+        """bf16 autocast for an unsharded model (FSDP2 casts the gathered weights itself)."""
+        if self.compute_dtype is None or self.sharded:
+            return nullcontext()
+        return torch.autocast(device_type=self.ctx.device.type, dtype=self.compute_dtype)
+
+    # ------------------------------------------------------------------ training
+
+    def train(self) -> TrainSummary:
+        config, ctx, state = self.config, self.ctx, self.state
+        summary = TrainSummary(
+            output_dir=self.output_dir, step=state.step, skipped_samples=state.skipped_samples
+        )
+        progress = tqdm(total=config.total_steps, initial=state.step, desc="train", disable=not ctx.is_main)
+        step_times: list[float] = []
+        steps_this_run = 0
+        try:
+            for stage_index in range(state.stage, len(config.stages)):
+                stage = config.stages[stage_index]
+                if stage_index != state.stage:
+                    state.stage, state.stage_step, state.stage_position = stage_index, 0, 0
+                scheduler = build_lr_scheduler(self.optimizer, stage)
+                if self.scheduler_state is not None:  # resumed inside this stage
+                    scheduler.load_state_dict(self.scheduler_state)
+                    self.scheduler_state = None
+                if state.stage_step >= stage.steps:
+                    continue
+                logger.info(
+                    "stage %d '%s': steps %d-%d", stage_index, stage.name, state.stage_step + 1, stage.steps
+                )
+                batches = self._micro_batches(stage_index, stage)
+                while state.stage_step < stage.steps:
+                    start = time.perf_counter()
+                    result = self._optimizer_step(batches, stage_index)
+                    scheduler.step()
+                    state.step += 1
+                    state.stage_step += 1
+                    state.stage_position += self.global_batch
+                    state.skipped_samples += result.skipped
+                    steps_this_run += 1
+                    elapsed = time.perf_counter() - start
+                    step_times.append(elapsed)
+                    summary.losses.append(result.loss)
+                    progress.update()
+                    progress.set_postfix(loss=f"{result.loss:.4f}")
+                    self._log(stage, result, elapsed)
+                    summary.validation_videos += self._maybe_validate()
+                    stop = config.stop_after_steps is not None and steps_this_run >= config.stop_after_steps
+                    done = state.step == config.total_steps
+                    if stop or done or state.step % config.checkpoint.every_steps == 0:
+                        summary.checkpoints.append(self._save(scheduler))
+                    if stop and not done:
+                        logger.info(
+                            "stop_after_steps=%d reached at step %d", config.stop_after_steps, state.step
+                        )
+                        summary.stopped_early = True
+                        break
+                del batches  # shuts the loader's workers down
+                if summary.stopped_early:
+                    break
+        finally:
+            progress.close()
+        summary.step, summary.skipped_samples = state.step, state.skipped_samples
+        timed = step_times[1:] or step_times  # the first step pays for warm-up
+        if timed:
+            summary.clips_per_second = self.global_batch * len(timed) / sum(timed)
+            summary.tokens_per_second = summary.clips_per_second * self.tokens_per_clip
+        return summary
+
+    def _micro_batches(self, stage_index: int, stage: StageConfig) -> Iterator[list[Sample]]:
+        dataset = self._stage_dataset(stage)
+        config, ctx = self.config, self.ctx
+        stream = SampleStream(len(dataset), config.seed, stage_index)
+        sampler = StreamBatchSampler(
+            stream, self.state.stage_position, config.micro_batch_size, ctx.world_size, ctx.rank
+        )
+        return iter(make_loader(dataset, sampler, config.data.num_workers, config.seed + ctx.rank))
+
+    def _features(self, samples: list[Sample]) -> FeatureBatch:
+        items = [self.encoder.encode(s.item) if isinstance(s.item, RawClip) else s.item for s in samples]
+        return collate_features(items, [s.line for s in samples], [s.key.position for s in samples])
+
+    def _optimizer_step(self, batches: Iterator[list[Sample]], stage_index: int) -> StepResult:
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches."""
+        config, accumulation = self.config, self.config.gradient_accumulation_steps
+        losses, skipped = [], 0
+        for micro in range(accumulation):
+            samples = next(batches)
+            skipped += sum(len(s.skipped) for s in samples)
+            batch = self._features(samples).to(self.ctx.device)
+            noise, index = self.objective.draw(
+                tuple(batch.latents.shape[1:]), config.seed, stage_index, batch.positions
+            )
+            if self.sharded:  # reduce-scatter gradients only after the last micro-batch
+                self.transformer.set_requires_gradient_sync(micro == accumulation - 1)
+            with self.compute_context():
+                output = self.objective.loss(self.transformer, batch.latents, batch.cond, noise, index)
+            (output.loss / accumulation).backward()
+            losses.append(output.loss.detach())
+
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if config.optimizer.max_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.optimizer.max_grad_norm)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm(grads)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+            grad_norm = grad_norm.full_tensor()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(
+            loss=float(all_reduce_mean(torch.stack(losses).mean(), self.ctx)),
+            grad_norm=float(grad_norm),
+            lr=lr,
+            skipped=all_reduce_sum(skipped, self.ctx),
+        )
+
+    # ------------------------------------------------------------------ periodic work
+
+    def _log(self, stage: StageConfig, result: StepResult, elapsed: float) -> None:
+        state, every = self.state, self.config.logging.every_steps
+        if state.step % every and state.step != self.config.total_steps and state.step != 1:
+            return
+        clips_per_second = self.global_batch / elapsed
+        self.metrics.log(
+            state.step,
+            {
+                "stage": stage.name,
+                "loss": result.loss,
+                "lr": result.lr,
+                "grad_norm": result.grad_norm,
+                "clips_per_s": clips_per_second,
+                "tokens_per_s": clips_per_second * self.tokens_per_clip,
+                "skipped": state.skipped_samples,
+            },
+        )
+
+    def _maybe_validate(self) -> list[Path]:
+        every = self.config.validation.every_steps
+        if self.validator is None or self.state.step % every:
+            return []
+        return self.validator.run(self.state.step, self.compute_context)
+
+    def _save(self, scheduler: LambdaLR) -> Path:
+        return save_checkpoint(
+            self.output_dir,
+            self.state,
+            self.transformer,
+            self.optimizer,
+            scheduler,
+            self.ctx,
+            lora=self.config.trainable == "lora",
+            save_dtype=DTYPES[self.config.checkpoint.save_dtype],
+            keep_last=self.config.checkpoint.keep_last,
+        )
+
+    def close(self) -> None:
+        self.metrics.close()
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed the global RNGs; nothing in training draws from them, but third-party code might."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,104 @@
+"""Feature precomputation: resumable, equal to online encoding, and bad clips skipped with counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import safetensors.torch
+import torch
+
+from bindweave.io.files import atomic_write_json
+from bindweave.training.cache import CacheError, FeatureCache, feature_settings
+from bindweave.training.config import PrecomputeConfig
+from bindweave.training.features import pad_mllm_states
+from bindweave.training.metrics import read_metrics
+from bindweave.training.precompute import run_precompute
+from bindweave.training.trainer import run_train
+
+from .conftest import build_config, manifest_line, tiny_config_dict, write_config
+
+
+def test_the_cache_holds_every_clip_with_the_training_shapes(tiny_cache, tiny_dataset):
+    index = json.loads((tiny_cache / "index.json").read_text())
+    assert [c["line"] for c in index["clips"]] == [1, 2, 3, 4] and index["skipped"] == []
+    config = build_config(tiny_config_dict(tiny_cache, tiny_cache, tiny_dataset / "manifest.jsonl"))
+    cache = FeatureCache(tiny_cache, feature_settings(config.data, config.seed))
+    features = cache.load(cache.clips[1])
+    assert features.latents.shape == (16, 3, 4, 4)  # 9 frames of 32x32 -> (9 - 1) / 4 + 1 latent frames
+    assert features.condition.shape == (20, 4 + 3, 4, 4)  # 4 reference slots + 3 video frames
+    assert features.text.shape == (512, 32) and features.image.shape == (4 * 17, 32)
+    assert features.mllm.shape == (128, 32) and features.mllm_mask.dtype == torch.bool
+    real = int(features.mllm_mask.sum())
+    assert 0 < real < 128 and features.mllm[real:].abs().sum() == 0  # zero padding past the real tokens
+    assert features.condition[0, :2].amax() == 1 and features.condition[:, 2:4].abs().sum() == 0  # 2 refs
+
+
+def test_mllm_states_are_zero_padded_or_truncated_with_a_mask():
+    states = torch.arange(1, 13, dtype=torch.float32).view(6, 2)
+    padded, mask = pad_mllm_states(states, 8)
+    assert torch.equal(padded[:6], states) and padded[6:].abs().sum() == 0
+    assert mask.tolist() == [True] * 6 + [False] * 2
+    truncated, mask = pad_mllm_states(states, 4)
+    assert torch.equal(truncated, states[:4]) and bool(mask.all())
+
+
+def test_precompute_resumes_and_rejects_other_settings(tiny_cache, tiny_pipeline_dir, tiny_dataset, tmp_path):
+    manifest = tiny_dataset / "manifest.jsonl"
+    config_file = write_config(tmp_path / "train.json", tiny_config_dict(tmp_path, tiny_pipeline_dir, manifest))
+    again = run_precompute(PrecomputeConfig(config=config_file, manifest=manifest, output_dir=tiny_cache))
+    assert (again.encoded, again.reused, again.clips) == (0, 4, 4)
+
+    other = tiny_config_dict(tmp_path, tiny_pipeline_dir, manifest)
+    other["data"] = {**other["data"], "fps": 8.0}
+    other_file = write_config(tmp_path / "other.json", other)
+    with pytest.raises(CacheError, match=r"data.fps: cache has 16.0, config has 8.0"):
+        run_precompute(PrecomputeConfig(config=other_file, manifest=manifest, output_dir=tiny_cache))
+
+
+def test_training_from_the_cache_equals_online_encoding(tiny_cache, tiny_pipeline_dir, tiny_dataset, tmp_path):
+    manifest = tiny_dataset / "manifest.jsonl"
+    stage = {"name": "main", "steps": 2, "lr": 1e-3}
+    online = run_train(
+        build_config(
+            tiny_config_dict(tmp_path / "online", tiny_pipeline_dir, manifest, stages=[{**stage, "manifest": str(manifest)}])
+        )
+    )
+    cached = run_train(
+        build_config(
+            tiny_config_dict(tmp_path / "cached", tiny_pipeline_dir, manifest, stages=[{**stage, "cache": str(tiny_cache)}])
+        )
+    )
+    assert online.losses == cached.losses  # bit for bit: the same features, noise and timesteps
+    a = safetensors.torch.load_file(online.checkpoints[-1] / "transformer" / "diffusion_pytorch_model.safetensors")
+    b = safetensors.torch.load_file(cached.checkpoints[-1] / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["step"] for m in read_metrics(tmp_path / "online")] == [1, 2]
+
+
+def test_bad_clips_are_skipped_and_counted(tiny_pipeline_dir, tiny_dataset, tmp_path):
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00" * 1000)
+    good = (tiny_dataset / "manifest.jsonl").read_text().splitlines()[0].replace('"clips/', f'"{tiny_dataset}/clips/')
+    good = good.replace('"subjects/', f'"{tiny_dataset}/subjects/')
+    ref = json.loads(good)["references"]
+    lines = [good, manifest_line("corrupt.mp4", "broken", ref), manifest_line("missing.mp4", "gone", ref)]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+
+    data = tiny_config_dict(tmp_path / "out", tiny_pipeline_dir, manifest)
+    data["data"] = {**data["data"], "on_bad_sample": "skip"}
+    config_file = write_config(tmp_path / "train.json", data)
+    summary = run_precompute(PrecomputeConfig(config=config_file, manifest=manifest, output_dir=tmp_path / "cache"))
+    assert (summary.clips, summary.encoded, summary.skipped) == (1, 1, 2)
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    reasons = {s["line"]: s["reason"] for s in index["skipped"]}
+    assert "corrupt.mp4" in reasons[2] and "'video' file not found" in reasons[3]
+
+    trained = run_train(build_config({**data, "stages": [{"name": "s", "steps": 2, "manifest": str(manifest)}]}))
+    assert trained.skipped_samples >= 2  # the missing line, and the corrupt clip at least once
+    assert read_metrics(tmp_path / "out")[-1]["skipped"] == trained.skipped_samples
+
+    data["data"]["on_bad_sample"] = "error"
+    atomic_write_json(config_file, data)
+    with pytest.raises(ValueError, match="line 3: 'video' file not found"):
+        run_precompute(PrecomputeConfig(config=config_file, manifest=manifest, output_dir=tmp_path / "cache2"))

@@ -1,0 +1,166 @@
+"""The trainer: it learns, resumes bit for bit, writes loadable checkpoints, LoRA and validation videos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from bindweave.io.video import probe_video
+from bindweave.pipeline import BindWeavePipeline
+from bindweave.training.cache import FeatureCache, feature_settings
+from bindweave.training.checkpoint import list_checkpoints
+from bindweave.training.features import collate_features
+from bindweave.training.metrics import read_metrics
+from bindweave.training.model import configure_trainable, load_pipeline
+from bindweave.training.objective import FlowMatchingObjective
+from bindweave.training.trainer import run_train
+
+from .conftest import build_config, tiny_config_dict
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def cached_config(tmp_path: Path, pipeline_dir: Path, cache: Path, **overrides):
+    """A tiny run on the precomputed features; ``stages`` default to one 3-step stage on the cache."""
+    overrides.setdefault("stages", [{"name": "main", "steps": 3, "cache": str(cache), "lr": 1e-3}])
+    return tiny_config_dict(tmp_path, pipeline_dir, cache, **overrides)
+
+
+def load_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(checkpoint / "transformer" / WEIGHTS)
+
+
+def test_overfitting_one_batch(tiny_cache, tiny_pipeline_dir):
+    """With one fixed batch, noise and timesteps, the DiT + connector drive the loss down >= 10x."""
+    torch.manual_seed(0)
+    config = build_config(cached_config(Path("unused"), tiny_pipeline_dir, tiny_cache))
+    cache = FeatureCache(tiny_cache, feature_settings(config.data, config.seed))
+    batch = collate_features([cache.load(c) for c in cache.clips[:2]], [1, 2], [0, 1])
+    transformer = load_pipeline(config.model, torch.float32).transformer
+    params = configure_trainable(transformer, "full", config.lora)
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    objective = FlowMatchingObjective()
+    noise, index = objective.draw(tuple(batch.latents.shape[1:]), seed=0, stage=0, positions=[0, 1])
+
+    losses = []
+    for _ in range(300):
+        loss = objective.loss(transformer, batch.latents, batch.cond, noise, index).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] * 10 <= losses[0], f"loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+
+
+def test_resume_continues_exactly_as_if_never_stopped(tiny_cache, tiny_pipeline_dir, tmp_path):
+    """5 steps straight == 3 steps, stop, resume, 2 steps: same losses and bitwise-equal weights.
+
+    Two curriculum stages (the stop falls inside the second, after its lr warmup began), gradient
+    accumulation, gradient checkpointing and validation along the way.
+    """
+    stages = [
+        {"name": "curated", "steps": 2, "cache": str(tiny_cache), "lr": 1e-3},
+        {"name": "full", "steps": 3, "cache": str(tiny_cache), "lr": 5e-4, "warmup_steps": 2},
+    ]
+    common = {
+        "stages": stages,
+        "gradient_accumulation_steps": 2,
+        "gradient_checkpointing": True,
+        "optimizer": {"max_grad_norm": 0.5},
+    }
+    straight = run_train(build_config(cached_config(tmp_path / "a", tiny_pipeline_dir, tiny_cache, **common)))
+
+    resumed_dir = tmp_path / "b"
+    resumed_config = cached_config(
+        resumed_dir, tiny_pipeline_dir, tiny_cache, checkpoint={"every_steps": 1, "keep_last": 2, "save_dtype": "float32"},
+        **common,
+    )  # fmt: skip
+    first = run_train(build_config({**resumed_config, "stop_after_steps": 3}))
+    assert first.stopped_early and first.step == 3
+    second = run_train(build_config(resumed_config))
+    assert second.step == 5 and not second.stopped_early
+
+    assert straight.losses == first.losses + second.losses
+    a, b = load_weights(straight.checkpoints[-1]), load_weights(second.checkpoints[-1])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [step for step, _ in list_checkpoints(resumed_dir)] == [4, 5]  # keep_last: 2
+    metrics = read_metrics(resumed_dir)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert [m["stage"] for m in metrics] == ["curated"] * 2 + ["full"] * 3
+    assert [m["lr"] for m in metrics] == [1e-3, 1e-3, 2.5e-4, 5e-4, 5e-4]  # per-stage lr, warmup in stage 2
+
+
+def test_a_checkpoint_is_a_loadable_pipeline_and_validation_writes_videos(tiny_cache, tiny_pipeline_dir, tiny_dataset, tmp_path):
+    reference = tiny_dataset / "subjects" / "subject0.png"
+    config = cached_config(
+        tmp_path,
+        tiny_pipeline_dir,
+        tiny_cache,
+        validation={
+            "every_steps": 3,
+            "num_inference_steps": 2,
+            "cases": [{"prompt": "a red square slides", "references": [str(reference)]}],
+        },
+        logging={"every_steps": 1, "tensorboard": True},
+    )
+    summary = run_train(build_config(config))
+    checkpoint = summary.checkpoints[-1]
+    assert checkpoint.name == "checkpoint-000003"
+    assert (checkpoint / "vae").is_symlink() and os.readlink(checkpoint / "vae") == "../frozen/vae"
+    assert not (checkpoint / "transformer").is_symlink()
+
+    pipe = BindWeavePipeline.from_pretrained(checkpoint, dtype=torch.float32)
+    trained = load_weights(checkpoint)
+    assert all(torch.equal(pipe.transformer.state_dict()[k], v) for k, v in trained.items())
+    frames = pipe(
+        "a red square slides", [str(reference)], height=32, width=32, num_frames=9, num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    ).frames  # fmt: skip
+    assert frames.shape == (1, 9, 32, 32, 3) and np.isfinite(frames).all()
+
+    assert summary.validation_videos == [tmp_path / "validation" / "step-000003" / "00.mp4"]
+    assert probe_video(summary.validation_videos[0]).num_frames == 9
+    assert any((tmp_path / "tensorboard").iterdir())
+    assert summary.clips_per_second > 0 and summary.tokens_per_second == summary.clips_per_second * 28
+
+
+def test_lora_trains_and_saves_only_the_adapters(tiny_cache, tiny_pipeline_dir, tiny_dataset, tmp_path):
+    config = cached_config(
+        tmp_path, tiny_pipeline_dir, tiny_cache, trainable="lora", lora={"rank": 4, "alpha": 4},
+        stages=[{"name": "lora", "steps": 2, "cache": str(tiny_cache), "lr": 1e-2}],
+    )  # fmt: skip
+    summary = run_train(build_config(config))
+    checkpoint = summary.checkpoints[-1]
+
+    adapter = safetensors.torch.load_file(checkpoint / "lora" / "pytorch_lora_weights.safetensors")
+    assert adapter and all("lora_A" in k or "lora_B" in k for k in adapter)
+    assert any(".attn2.add_k_proj.lora_B" in k for k in adapter)
+    assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # B starts at zero: it trained
+
+    # The checkpoint's transformer is the untouched base: only the adapters changed.
+    assert (checkpoint / "transformer").is_symlink()
+    base = BindWeavePipeline.from_pretrained(tiny_pipeline_dir, dtype=torch.float32).transformer.state_dict()
+    pipe = BindWeavePipeline.from_pretrained(checkpoint, dtype=torch.float32)
+    assert all(torch.equal(base[k], v) for k, v in pipe.transformer.state_dict().items())
+
+    def generate() -> torch.Tensor:
+        return pipe(
+            "a red square slides", [str(tiny_dataset / "subjects" / "subject0.png")], height=32, width=32,
+            num_frames=9, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="latent",
+        ).frames  # fmt: skip
+
+    before = generate()
+    pipe.transformer.load_lora_adapter(checkpoint / "lora")
+    assert not torch.allclose(generate(), before)
+
+
+def test_connector_only_training_changes_only_the_connector(tiny_cache, tiny_pipeline_dir, tmp_path):
+    summary = run_train(build_config(cached_config(tmp_path, tiny_pipeline_dir, tiny_cache, trainable="connector")))
+    base = BindWeavePipeline.from_pretrained(tiny_pipeline_dir, dtype=torch.float32).transformer.state_dict()
+    trained = load_weights(summary.checkpoints[-1])
+    changed = {k for k, v in trained.items() if not torch.equal(base[k], v)}
+    assert changed and all(k.startswith("condition_embedder.text_projector.") for k in changed)
