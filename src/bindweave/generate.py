@@ -33,6 +33,7 @@ from .io.manifest import (
     with_fields,
 )
 from .io.video import write_video
+from .perf.config import PerfConfig, apply_perf_config
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,8 @@ Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 
 
 @dataclass(kw_only=True)
-class ModelConfig:
-    """Which weights to load and where to run them."""
+class ModelConfig(PerfConfig):
+    """Which weights to load, where to run them, and how fast and lean (:class:`PerfConfig`)."""
 
     model: Path | None = field(
         None, help="a saved BindWeavePipeline folder (default: the embedded default model)"
@@ -55,7 +56,6 @@ class ModelConfig:
     )
     dtype: Dtype = field("auto", help="weights dtype; auto = bfloat16 on CUDA, float32 on CPU")
     device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
-    offload: bool = field(False, help="model CPU offload: keep only the running component on the GPU")
 
 
 @dataclass(kw_only=True)
@@ -137,16 +137,22 @@ def resolve_dtype(dtype: Dtype, device: torch.device) -> torch.dtype:
 
 
 def load_pipeline(config: ModelConfig):
-    """Load the pipeline a :class:`ModelConfig` names, placed on its device (or offloaded)."""
+    """Load the pipeline a :class:`ModelConfig` names, with its speed and memory options applied.
+
+    Under ``--context-parallel`` this joins the torchrun process group and runs on this rank's GPU.
+    """
     from .default_model import default_model_path
+    from .perf.parallel import init_distributed
     from .pipeline import BindWeavePipeline
 
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    config.validate_perf()  # before any weights are read
     if (config.wan is None) != (config.transformer is None):
         raise ValueError("--wan and --transformer go together (the released Wan I2V and BindWeave folders)")
     if config.wan is not None and config.model is not None:
         raise ValueError("give either --model or --wan/--transformer, not both")
+    distributed = init_distributed() if config.context_parallel != "none" else None
+    device = distributed.device if distributed is not None else resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
     if config.wan is not None:
         pipe = BindWeavePipeline.from_released(config.wan, config.transformer, config.mllm, torch_dtype=dtype)
     else:
@@ -158,10 +164,7 @@ def load_pipeline(config: ModelConfig):
 
             pipe.mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.mllm, dtype=dtype)
             pipe.mllm_processor = load_mllm_processor(config.mllm)
-    if config.offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
+    apply_perf_config(pipe, config, device, distributed)
     return pipe
 
 

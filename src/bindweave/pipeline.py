@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import PIL.Image
 import torch
 from diffusers import AutoencoderKLWan, DiffusionPipeline, UniPCMultistepScheduler
+from diffusers.hooks import HookRegistry
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
@@ -37,6 +39,9 @@ from .conditioning.text import DEFAULT_NEGATIVE_PROMPT, encode_t5
 from .denoiser import Conditioning, guided_velocity
 from .flow import sampling_scheduler
 from .models import BindWeaveTransformer3DModel
+from .perf.caching import StepCacheSpec
+from .perf.cross_attention import context_kv_cache, install_fast_cross_attention
+from .perf.parallel import ContextParallelKind, check_sequence_split, enable_context_parallel
 
 MLLMStates = torch.Tensor | str | os.PathLike
 
@@ -93,6 +98,12 @@ class BindWeavePipeline(DiffusionPipeline):
         self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
         self._zero_video_cache: dict[tuple, torch.Tensor] = {}
+        # Speed options (bindweave.perf); all off by default, the reference computation.
+        self._batch_cfg = False
+        self._context_kv_cache = False
+        self._step_cache: StepCacheSpec | None = None
+        self._step_cache_steps: int | None = None
+        self._context_parallel_degree = 1
 
     @classmethod
     def from_released(
@@ -136,6 +147,43 @@ class BindWeavePipeline(DiffusionPipeline):
             mllm_processor=mllm_processor,
         )
 
+    # ------------------------------------------------------------------ speed options
+
+    def enable_batched_cfg(self, enabled: bool = True) -> None:
+        """Run the two CFG branches as one batch of 2: the same velocities, one forward per step.
+
+        Exact although the branches' MLLM states differ in length: each sample's cross-attention skips its
+        own padding rows (:mod:`bindweave.perf.cross_attention`). Costs the activations of a second sample.
+        """
+        if enabled:
+            install_fast_cross_attention(self.transformer)
+        self._batch_cfg = enabled
+
+    def enable_context_kv_cache(self, enabled: bool = True) -> None:
+        """Compute each block's cross-attention K/V of the context once per video instead of once per step.
+
+        Exact (a cached projection is only used for a bitwise-equal context); keeps the projections of
+        every block and branch for the run: ``2 x layers x (context tokens) x 2 x dim`` values.
+        """
+        if enabled:
+            install_fast_cross_attention(self.transformer)
+        self._context_kv_cache = enabled
+
+    def enable_step_cache(self, spec: StepCacheSpec | None) -> None:
+        """Use a diffusers step cache (lossy, opt-in; :mod:`bindweave.perf.caching`); ``None`` turns it off."""
+        if self.transformer.is_cache_enabled:
+            self.transformer.disable_cache()
+        self._step_cache = None if spec is None or spec.kind == "none" else spec
+        self._step_cache_steps = None
+
+    def enable_context_parallel(self, kind: ContextParallelKind, degree: int) -> None:
+        """Split each video's DiT sequence over ``degree`` torchrun ranks (:mod:`bindweave.perf.parallel`).
+
+        Call once the pipeline is on this rank's device; every rank then runs the same call.
+        """
+        enable_context_parallel(self.transformer, kind, degree)
+        self._context_parallel_degree = degree
+
     # ------------------------------------------------------------------ steps
 
     def check_inputs(
@@ -148,7 +196,12 @@ class BindWeavePipeline(DiffusionPipeline):
             raise ValueError(
                 f"height and width must be positive multiples of {multiple}, got {height}x{width}"
             )
-        latent_frame_count(num_frames, self.vae_scale_factor_temporal)
+        latent_frames = latent_frame_count(num_frames, self.vae_scale_factor_temporal)
+        if self._context_parallel_degree > 1:
+            scale = self.vae_scale_factor_spatial
+            check_sequence_split(
+                self.transformer.config, latent_frames, height // scale, width // scale, self._context_parallel_degree
+            )
         if guidance_scale < 1.0:
             raise ValueError(f"guidance_scale must be >= 1, got {guidance_scale}")
 
@@ -252,18 +305,36 @@ class BindWeavePipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         device = latents.device
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
+        self._prepare_step_cache(num_inference_steps)
+        reuse_context = context_kv_cache(self.transformer) if self._context_kv_cache else contextlib.nullcontext()
+        with self.progress_bar(total=num_inference_steps) as progress_bar, reuse_context:
             for i, t in enumerate(self.scheduler.timesteps):
                 if self.interrupt:
                     break
                 timestep = t.expand(latents.shape[0]).to(device)
-                velocity = guided_velocity(self.transformer, latents, timestep, cond, uncond, guidance_scale)
+                velocity = guided_velocity(
+                    self.transformer, latents, timestep, cond, uncond, guidance_scale, batch_cfg=self._batch_cfg
+                )
                 latents = self.scheduler.step(velocity.float(), t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     outputs = callback_on_step_end(self, i, t, {"latents": latents})
                     latents = outputs.pop("latents", latents)
                 progress_bar.update()
         return latents
+
+    def _prepare_step_cache(self, num_inference_steps: int) -> None:
+        """Apply the step cache for this many steps, starting from an empty cache state."""
+        spec, transformer = self._step_cache, self.transformer
+        if spec is None:
+            return
+        stale = spec.depends_on_steps and self._step_cache_steps != num_inference_steps
+        if transformer.is_cache_enabled and stale:
+            transformer.disable_cache()
+        if not transformer.is_cache_enabled:
+            transformer.enable_cache(spec.config(num_inference_steps))
+            self._step_cache_steps = num_inference_steps
+        # A run must not start from the previous run's cached residuals (``denoise`` may be called alone).
+        HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
 
     def decode(self, latents: torch.Tensor, output_type: str):
         if output_type == "latent":
@@ -353,7 +424,9 @@ class BindWeavePipeline(DiffusionPipeline):
             latents, cond, uncond, num_inference_steps, guidance_scale, callback_on_step_end
         )
 
-        # 8. Decode: (1, 3, 81, 720, 1280) -> frames.
+        # 8. Decode: (1, 3, 81, 720, 1280) -> frames. Under model offload the DiT goes back to the CPU
+        #    first, so the VAE decode has the accelerator to itself.
+        self.maybe_free_model_hooks()
         video = self.decode(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -247,3 +247,8 @@ def test_load_reference_converts_other_modes_to_rgb() -> None:
 def test_load_reference_rejects_unsupported_types() -> None:
     with pytest.raises(ReferenceError, match="unsupported"):
         load_reference(12345)  # type: ignore[arg-type]
+
+
+def test_load_reference_rejects_integer_arrays_other_than_uint8():
+    with pytest.raises(ReferenceError, match="uint8 or float in \\[0, 1\\], got int64"):
+        load_reference(np.zeros((4, 4, 3), dtype=np.int64))

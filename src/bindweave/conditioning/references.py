@@ -46,6 +46,8 @@ def load_reference(reference: ReferenceInput, name: str = "reference") -> PIL.Im
         if reference.ndim != 3 or reference.shape[-1] != 3:
             raise ReferenceError(f"{name}: array must have shape (H, W, 3), got {reference.shape}")
         if reference.dtype != np.uint8:
+            if not np.issubdtype(reference.dtype, np.floating):
+                raise ReferenceError(f"{name}: array must be uint8 or float in [0, 1], got {reference.dtype}")
             if not np.isfinite(reference).all() or reference.min() < 0 or reference.max() > 1:
                 raise ReferenceError(f"{name}: float array values must be finite and lie in [0, 1]")
             reference = np.round(reference * 255).astype(np.uint8)

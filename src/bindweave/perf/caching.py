@@ -22,11 +22,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+
+from .config import StepCacheKind
 
 __all__ = [
     "StepCacheKind",
@@ -35,8 +37,6 @@ __all__ = [
     "load_mag_ratios",
     "save_mag_ratios",
 ]
-
-StepCacheKind = Literal["none", "first-block", "mag", "taylorseer"]
 
 DEFAULT_THRESHOLDS = {"first-block": 0.05, "mag": 0.06}
 DEFAULT_TAYLORSEER_INTERVAL = 5

@@ -24,15 +24,13 @@ connector) and every norm in the compute dtype.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from diffusers import DiffusionPipeline, ModelMixin
 from diffusers.hooks import apply_group_offloading
 
-__all__ = ["MemoryMode", "apply_memory_mode", "enable_fp8_weights"]
+from .config import MemoryMode
 
-MemoryMode = Literal["none", "model-offload", "group-offload", "sequential"]
+__all__ = ["MemoryMode", "apply_memory_mode", "enable_fp8_weights"]
 
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.distributed as dist
 from diffusers import ContextParallelConfig
 
 from ..models import BindWeaveTransformer3DModel
+from .config import ContextParallelKind
 
 __all__ = [
     "ContextParallelKind",
@@ -37,8 +37,6 @@ __all__ = [
     "init_distributed",
     "sequence_length",
 ]
-
-ContextParallelKind = Literal["none", "ulysses", "ring"]
 
 
 @dataclass(frozen=True)
