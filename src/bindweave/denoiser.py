@@ -64,7 +64,9 @@ def batch_conditionings(conds: Sequence[Conditioning]) -> tuple[Conditioning, Co
     if all(length == longest for length in lengths):
         return batched, None
     image_tokens = conds[0].image.shape[1]
-    starts = [image_tokens + length for c, length in zip(conds, lengths, strict=True) for _ in range(c.batch_size)]
+    starts = [
+        image_tokens + length for c, length in zip(conds, lengths, strict=True) for _ in range(c.batch_size)
+    ]
     return batched, ContextPadding(starts=tuple(starts), stop=image_tokens + longest)
 
 

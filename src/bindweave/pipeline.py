@@ -200,7 +200,11 @@ class BindWeavePipeline(DiffusionPipeline):
         if self._context_parallel_degree > 1:
             scale = self.vae_scale_factor_spatial
             check_sequence_split(
-                self.transformer.config, latent_frames, height // scale, width // scale, self._context_parallel_degree
+                self.transformer.config,
+                latent_frames,
+                height // scale,
+                width // scale,
+                self._context_parallel_degree,
             )
         if guidance_scale < 1.0:
             raise ValueError(f"guidance_scale must be >= 1, got {guidance_scale}")
@@ -306,14 +310,22 @@ class BindWeavePipeline(DiffusionPipeline):
         device = latents.device
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         self._prepare_step_cache(num_inference_steps)
-        reuse_context = context_kv_cache(self.transformer) if self._context_kv_cache else contextlib.nullcontext()
+        reuse_context = (
+            context_kv_cache(self.transformer) if self._context_kv_cache else contextlib.nullcontext()
+        )
         with self.progress_bar(total=num_inference_steps) as progress_bar, reuse_context:
             for i, t in enumerate(self.scheduler.timesteps):
                 if self.interrupt:
                     break
                 timestep = t.expand(latents.shape[0]).to(device)
                 velocity = guided_velocity(
-                    self.transformer, latents, timestep, cond, uncond, guidance_scale, batch_cfg=self._batch_cfg
+                    self.transformer,
+                    latents,
+                    timestep,
+                    cond,
+                    uncond,
+                    guidance_scale,
+                    batch_cfg=self._batch_cfg,
                 )
                 latents = self.scheduler.step(velocity.float(), t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:

@@ -178,7 +178,9 @@ class _ResidualRatioHook(ModelHook):
 _HEAD_HOOK, _TAIL_HOOK = "bindweave_mag_calibration_head", "bindweave_mag_calibration_tail"
 
 
-def calibrate_mag_ratios(transformer: torch.nn.Module, run: Callable[[], Any], branch: str = "cond") -> list[float]:
+def calibrate_mag_ratios(
+    transformer: torch.nn.Module, run: Callable[[], Any], branch: str = "cond"
+) -> list[float]:
     """Measure MagCache's per-step magnitude ratios of ``transformer`` over one uncached sampling run.
 
     Args:

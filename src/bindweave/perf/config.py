@@ -61,7 +61,9 @@ class PerfConfig:
         None, help="diffusers attention backend (default: native PyTorch SDPA)"
     )
     compile: bool = field(False, help="torch.compile the repeated DiT blocks (regional compilation)")
-    batch_cfg: bool = field(True, help="run both CFG branches as one batch of 2 (exact; more activation memory)")
+    batch_cfg: bool = field(
+        True, help="run both CFG branches as one batch of 2 (exact; more activation memory)"
+    )
     context_kv_cache: bool = field(
         False, help="compute the cross-attention K/V of the context once per video, not per step (exact)"
     )
@@ -79,9 +81,13 @@ class PerfConfig:
         """Combinations that cannot work, refused before any weights are loaded."""
         self.step_cache_spec()
         if self.compile and self.context_kv_cache:
-            raise ValueError("--context-kv-cache looks its projections up in Python: use it without --compile")
+            raise ValueError(
+                "--context-kv-cache looks its projections up in Python: use it without --compile"
+            )
         if self.context_parallel != "none" and self.memory != "none":
-            raise ValueError("--context-parallel keeps the DiT on every rank's GPU: use it with --memory none")
+            raise ValueError(
+                "--context-parallel keeps the DiT on every rank's GPU: use it with --memory none"
+            )
         if self.fp8_weights and self.memory == "sequential":
             raise ValueError("--fp8-weights is not supported with --memory sequential; use group-offload")
 

@@ -157,7 +157,9 @@ class FastBindWeaveAttnProcessor(BindWeaveAttnProcessor):
         self, attn: WanAttention, context: torch.Tensor | None, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         if context is None or attn.add_k_proj is None:
-            raise ValueError("FastBindWeaveAttnProcessor is a cross-attention processor for blocks with added K/V")
+            raise ValueError(
+                "FastBindWeaveAttnProcessor is a cross-attention processor for blocks with added K/V"
+            )
         if attention_mask is not None:
             raise ValueError("BindWeave's cross-attention uses no attention mask (spec 2.7)")
         if context.shape[1] <= self.image_context_tokens:
@@ -198,10 +200,14 @@ class FastBindWeaveAttnProcessor(BindWeaveAttnProcessor):
         """Text-branch attention; with padding, each sample attends to its own real tokens only."""
         key, value = kv.text_key, kv.text_value  # (B, T_text, H, Dh)
         if self.context_padding is None:
-            return dispatch_attention_fn(query, key, value, backend=self._attention_backend, parallel_config=None)
+            return dispatch_attention_fn(
+                query, key, value, backend=self._attention_backend, parallel_config=None
+            )
         padding = self.context_padding
         if len(padding.starts) != query.shape[0]:
-            raise ValueError(f"context padding is for {len(padding.starts)} samples, the batch has {query.shape[0]}")
+            raise ValueError(
+                f"context padding is for {len(padding.starts)} samples, the batch has {query.shape[0]}"
+            )
         stop = padding.stop - self.image_context_tokens
         outputs = []
         for b, start in enumerate(padding.starts):
@@ -218,7 +224,9 @@ class FastBindWeaveAttnProcessor(BindWeaveAttnProcessor):
         return torch.cat(outputs, dim=0)  # (B, N, H, Dh)
 
 
-def install_fast_cross_attention(transformer: BindWeaveTransformer3DModel) -> list[FastBindWeaveAttnProcessor]:
+def install_fast_cross_attention(
+    transformer: BindWeaveTransformer3DModel,
+) -> list[FastBindWeaveAttnProcessor]:
     """Give every block's cross-attention a :class:`FastBindWeaveAttnProcessor` (idempotent).
 
     The attention backend and parallel config already set on the replaced processors carry over, so this
@@ -229,7 +237,9 @@ def install_fast_cross_attention(transformer: BindWeaveTransformer3DModel) -> li
         current = block.attn2.processor
         if not isinstance(current, FastBindWeaveAttnProcessor):
             if not isinstance(current, BindWeaveAttnProcessor):
-                raise TypeError(f"blocks.{index}.attn2 has {type(current).__name__}, not a BindWeave processor")
+                raise TypeError(
+                    f"blocks.{index}.attn2 has {type(current).__name__}, not a BindWeave processor"
+                )
             fast = FastBindWeaveAttnProcessor(current.image_context_tokens, block_index=index)
             fast._attention_backend = current._attention_backend
             fast._parallel_config = current._parallel_config

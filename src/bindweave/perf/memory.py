@@ -57,7 +57,9 @@ def apply_memory_mode(pipe: DiffusionPipeline, mode: MemoryMode, device: torch.d
     elif mode == "group-offload":
         _group_offload(pipe, device)
     else:
-        raise ValueError(f"unknown memory mode {mode!r}; choose one of none, model-offload, group-offload, sequential")
+        raise ValueError(
+            f"unknown memory mode {mode!r}; choose one of none, model-offload, group-offload, sequential"
+        )
 
 
 def _group_offload(pipe: DiffusionPipeline, device: torch.device) -> None:

@@ -50,7 +50,9 @@ def init_distributed() -> DistributedContext:
     """The torchrun process group (NCCL on CUDA, else gloo), initialised once; this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if world_size == 1:
-        raise ValueError("context parallelism runs under torchrun with more than one process (WORLD_SIZE > 1)")
+        raise ValueError(
+            "context parallelism runs under torchrun with more than one process (WORLD_SIZE > 1)"
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
@@ -76,7 +78,9 @@ def enable_context_parallel(
     if kind == "ulysses":
         heads = transformer.config.num_attention_heads
         if heads % degree:
-            raise ValueError(f"Ulysses needs the {heads} attention heads divisible by the degree, got {degree}")
+            raise ValueError(
+                f"Ulysses needs the {heads} attention heads divisible by the degree, got {degree}"
+            )
         config = ContextParallelConfig(ulysses_degree=degree)
     elif kind == "ring":
         config = ContextParallelConfig(ring_degree=degree)
@@ -93,7 +97,9 @@ def sequence_length(config, latent_frames: int, latent_height: int, latent_width
     return (frames // p_t) * (latent_height // p_h) * (latent_width // p_w)
 
 
-def check_sequence_split(config, latent_frames: int, latent_height: int, latent_width: int, world_size: int) -> int:
+def check_sequence_split(
+    config, latent_frames: int, latent_height: int, latent_width: int, world_size: int
+) -> int:
     """The per-rank token count; a clear error where diffusers' equal split would assert."""
     tokens = sequence_length(config, latent_frames, latent_height, latent_width)
     if tokens % world_size:

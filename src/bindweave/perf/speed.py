@@ -18,7 +18,6 @@ from .config import AttentionBackend
 __all__ = ["AttentionBackend", "attention_backends", "compile_blocks", "set_attention_backend"]
 
 
-
 def set_attention_backend(transformer: torch.nn.Module, backend: AttentionBackend) -> None:
     """Route every attention call of ``transformer`` (self and cross) through ``backend``."""
     transformer.set_attention_backend(backend)

@@ -248,6 +248,8 @@ class Trainer:
                 scheduler = build_lr_scheduler(self.optimizer, stage)
                 if self.scheduler_state is not None:  # resumed inside this stage
                     scheduler.load_state_dict(self.scheduler_state)
+                    for group, lr in zip(self.optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+                        group["lr"] = lr  # building the scheduler reset it to the warmup's first value
                     self.scheduler_state = None
                 if state.stage_step >= stage.steps:
                     continue

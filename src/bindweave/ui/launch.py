@@ -1,0 +1,130 @@
+"""``bindweave ui``: the launcher config and :func:`run_ui`.
+
+Importing this module needs no Gradio (the CLI lists every subcommand on a machine without the ``ui``
+extra); :func:`run_ui` says how to install it when it is missing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import field
+from ..generate import ModelConfig
+from .handlers import PipelineLoader, PromptRefinerLike, UIError, model_config_of
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "the web app needs the optional extra: pip install 'bindweave[ui]' (Gradio 5 or newer)"
+
+
+@dataclass(kw_only=True)
+class UIConfig(ModelConfig):
+    """Serve the subject-to-video web app (model options as for ``bindweave generate``)."""
+
+    host: str = field("127.0.0.1", help="address to listen on; 0.0.0.0 exposes the app to the network")
+    port: int = field(7860, help="port to listen on")
+    share: bool = field(False, help="also open a public Gradio share link (off: the app stays local)")
+    out: Path = field(Path("outputs/ui"), help="folder for the results (one subfolder per run)")
+    refine_endpoint: str | None = field(
+        None, help="OpenAI-compatible chat endpoint for the 'Refine prompt' button (e.g. .../v1)"
+    )
+    refine_model: str = field("gpt-4o", help="model name sent to --refine-endpoint")
+    refine_api_key_env: str = field(
+        "OPENAI_API_KEY", help="environment variable holding --refine-endpoint's API key"
+    )
+    refine_local: bool = field(
+        False, help="refine prompts with the pipeline's own Qwen2.5-VL (needs a real --mllm)"
+    )
+
+
+RefinerFactory = Callable[[], PromptRefinerLike]
+
+
+def make_refiner(config: UIConfig, pipe_loader: PipelineLoader) -> RefinerFactory | None:
+    """A factory of the configured prompt refiner, or None (the page then hides the button).
+
+    A factory, not a refiner: the local backend borrows the loaded pipeline's MLLM, which is only known
+    once the pipeline is loaded in the chosen memory mode.
+    """
+    if config.refine_endpoint and config.refine_local:
+        raise ValueError("give either --refine-endpoint or --refine-local, not both")
+    if config.refine_endpoint:
+        from ..refine import EndpointRefiner
+
+        refiner = EndpointRefiner(config.refine_endpoint, config.refine_model, config.refine_api_key_env)
+        return lambda: refiner
+    if config.refine_local:
+        from ..refine import LocalQwenRefiner
+
+        def local() -> PromptRefinerLike:
+            pipe = pipe_loader()
+            if pipe.mllm is None or pipe.mllm_processor is None:
+                raise UIError("The loaded pipeline has no MLLM to refine with; start the app with --mllm.")
+            return LocalQwenRefiner(pipe.mllm, pipe.mllm_processor)
+
+        return local
+    return None
+
+
+def _require_gradio() -> Any:
+    try:
+        import gradio
+    except ImportError as err:
+        raise OSError(INSTALL_HINT) from err
+    return gradio
+
+
+def launch_app(
+    app: Any, host: str, port: int, out_dir: Path, share: bool = False, block: bool = True
+) -> tuple[Any, str]:
+    """Start serving ``app`` (from :func:`bindweave.ui.app.build_app`); returns (FastAPI app, local URL).
+
+    The result folder is the only extra folder Gradio may serve files from. With ``block=False`` the
+    server runs in a background thread until ``app.close()`` (tests use this).
+    """
+    from .app import THEME
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fastapi_app, local_url, _share_url = app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        allowed_paths=[str(out_dir)],
+        show_error=True,  # an unexpected error shows its message in the page instead of a bare "Error"
+        prevent_thread_lock=not block,
+        quiet=not block,
+        theme=THEME,
+        ssr_mode=False,
+    )
+    return fastapi_app, local_url
+
+
+def run_ui(config: UIConfig) -> None:
+    """Load the model, build the page and serve it until Ctrl-C."""
+    _require_gradio()
+    from .app import build_app
+
+    if not _is_loopback(config.host):
+        logger.warning("listening on %s: anyone who can reach this machine can use the app", config.host)
+    model = model_config_of(config)
+    loader = PipelineLoader(model)
+    if model.model is None and model.wan is None:
+        print("Using the embedded default model: its weights are random, expect coloured noise.")
+    loader()  # wrong model paths fail here, before the page is served
+    app = build_app(loader, out_dir=config.out, refiner=make_refiner(config, loader))
+    launch_app(app, config.host, config.port, config.out, share=config.share)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
