@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import config as cfg
 from .demo import DemoConfig, run_demo
@@ -20,6 +21,19 @@ from .generate import (
     run_manifest,
 )
 from .refine import RefineConfig, run_refine
+from .training.config import PrecomputeConfig
+from .training.precompute import run_precompute
+
+
+@dataclass
+class TrainCommandConfig:
+    config: Path = cfg.field(help="training config, YAML or JSON (see configs/)", positional=True)
+
+
+def run_train_command(args: TrainCommandConfig):
+    from .training import load_train_config, run_train
+
+    return run_train(load_train_config(args.config))
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,18 @@ COMMANDS = [
         "rewrite a manifest's prompts from its references with a VLM (spec 5)",
         RefineConfig,
         run_refine,
+    ),
+    Command(
+        "precompute",
+        "encode a training manifest's clips once into a feature cache (resumable, sharded under torchrun)",
+        PrecomputeConfig,
+        run_precompute,
+    ),
+    Command(
+        "train",
+        "train or fine-tune BindWeave from a config (torchrun for FSDP2)",
+        TrainCommandConfig,
+        run_train_command,
     ),
     Command(
         "extract-mllm",

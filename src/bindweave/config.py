@@ -19,9 +19,16 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, **kwargs: Any) -> Any:
-    """A dataclass field carrying its CLI help text (and optionally an explicit flag name)."""
-    metadata = {"help": help}
+def field(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    flag: str | None = None,
+    positional: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field carrying its CLI help text; optionally an explicit flag name, or positional."""
+    metadata: dict[str, Any] = {"help": help, "positional": positional}
     if flag is not None:
         metadata["flag"] = flag
     if "default_factory" in kwargs:
@@ -79,7 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
             raise TypeError(f"{config_cls.__name__}.{f.name}: unsupported CLI type {tp!r}")
         if optional and tp is not bool:
             kwargs.setdefault("default", None)
-        parser.add_argument(_flag_name(f), **kwargs)
+        if f.metadata.get("positional"):
+            kwargs.pop("required", None)
+            parser.add_argument(kwargs.pop("dest"), **kwargs)
+        else:
+            parser.add_argument(_flag_name(f), **kwargs)
 
 
 def from_namespace(config_cls: type[T], namespace: argparse.Namespace) -> T:

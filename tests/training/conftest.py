@@ -85,7 +85,9 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def tiny_config_dict(output_dir: Path, pipeline_dir: Path, manifest: Path, **overrides: Any) -> dict[str, Any]:
+def tiny_config_dict(
+    output_dir: Path, pipeline_dir: Path, manifest: Path, **overrides: Any
+) -> dict[str, Any]:
     """A tiny CPU training config as plain data (what a YAML file would hold); ``overrides`` replace keys."""
     config: dict[str, Any] = {
         "output_dir": str(output_dir),
@@ -137,10 +139,13 @@ def tiny_cache(tiny_pipeline_dir: Path, tiny_dataset: Path, tmp_path_factory: py
 
     root = tmp_path_factory.mktemp("cache")
     config_file = write_config(
-        root / "train.json", tiny_config_dict(root / "unused", tiny_pipeline_dir, tiny_dataset / "manifest.jsonl")
+        root / "train.json",
+        tiny_config_dict(root / "unused", tiny_pipeline_dir, tiny_dataset / "manifest.jsonl"),
     )
     summary = run_precompute(
-        PrecomputeConfig(config=config_file, manifest=tiny_dataset / "manifest.jsonl", output_dir=root / "features")
+        PrecomputeConfig(
+            config=config_file, manifest=tiny_dataset / "manifest.jsonl", output_dir=root / "features"
+        )
     )
     assert summary.clips == len(COLOURS) and summary.encoded == len(COLOURS)
     return root / "features"

@@ -32,7 +32,12 @@ def test_paper_recipe_loads_with_the_reported_settings():
     assert config.trainable == "full" and config.precision == "bf16" and config.gradient_checkpointing
     assert config.optimizer.betas == [0.9, 0.999] and config.optimizer.weight_decay == 0.0
     assert config.optimizer.max_grad_norm is None
-    assert (config.data.height, config.data.width, config.data.num_frames, config.data.fps) == (720, 1280, 81, 16)
+    assert (config.data.height, config.data.width, config.data.num_frames, config.data.fps) == (
+        720,
+        1280,
+        81,
+        16,
+    )
     assert config.data.mllm_max_tokens == 512 and not config.data.first_frame_condition
     assert config.model.transformer == CONFIGS / "../checkpoints/BindWeave"  # relative to the file
 
@@ -73,7 +78,10 @@ def test_json_configs_load_too(tmp_path):
         (MINIMAL + "trainable: everything\n", "trainable: expected one of ['full', 'connector', 'lora']"),
         (MINIMAL + "gradient_checkpointing: 1\n", "gradient_checkpointing: expected true or false"),
         (MINIMAL.replace("output_dir: out\n", ""), "output_dir: required key is missing"),
-        (MINIMAL.replace("manifest: clips.jsonl", "manifest: a.jsonl, cache: c"), "exactly one of 'manifest'"),
+        (
+            MINIMAL.replace("manifest: clips.jsonl", "manifest: a.jsonl, cache: c"),
+            "exactly one of 'manifest'",
+        ),
         (MINIMAL + "data: {num_frames: 80}\n", "data.num_frames: must be 4k + 1"),
     ],
 )

@@ -119,7 +119,9 @@ def test_augmentation_is_seeded_per_clip_epoch_and_reference():
     config = AugmentConfig()
 
     def augmented(epoch: int) -> np.ndarray:
-        return np.asarray(augment_reference(image, config, augment_rng(seed=1, clip_line=3, epoch=epoch, reference=0)))
+        return np.asarray(
+            augment_reference(image, config, augment_rng(seed=1, clip_line=3, epoch=epoch, reference=0))
+        )
 
     assert np.array_equal(augmented(0), augmented(0))
     assert augmented(0).shape != augmented(1).shape or not np.array_equal(augmented(0), augmented(1))
@@ -152,4 +154,7 @@ def test_a_clip_loads_as_video_and_references(tiny_dataset):
     assert len(clip.references) == 2 and clip.prompt.startswith("A square number 1")
     again = dataset.load(1, epoch=0)
     assert torch.equal(clip.video, again.video)
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(clip.references, again.references))
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(clip.references, again.references, strict=True)
+    )

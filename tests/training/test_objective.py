@@ -73,7 +73,9 @@ def test_noise_and_timesteps_depend_only_on_the_sample_position():
     objective = FlowMatchingObjective()
     noise, index = objective.draw((16, 3, 4, 4), seed=7, stage=0, positions=[0, 1, 2, 3])
     halves = [objective.draw((16, 3, 4, 4), seed=7, stage=0, positions=p) for p in ([0, 1], [2, 3])]
-    assert torch.equal(noise, torch.cat([h[0] for h in halves])) and torch.equal(index, torch.cat([h[1] for h in halves]))
+    assert torch.equal(noise, torch.cat([h[0] for h in halves])) and torch.equal(
+        index, torch.cat([h[1] for h in halves])
+    )
     other_stage, _ = objective.draw((16, 3, 4, 4), seed=7, stage=1, positions=[0])
     assert not torch.equal(noise[:1], other_stage)
     assert index.min() >= 0 and index.max() < 1000

@@ -45,7 +45,9 @@ def test_mllm_states_are_zero_padded_or_truncated_with_a_mask():
 
 def test_precompute_resumes_and_rejects_other_settings(tiny_cache, tiny_pipeline_dir, tiny_dataset, tmp_path):
     manifest = tiny_dataset / "manifest.jsonl"
-    config_file = write_config(tmp_path / "train.json", tiny_config_dict(tmp_path, tiny_pipeline_dir, manifest))
+    config_file = write_config(
+        tmp_path / "train.json", tiny_config_dict(tmp_path, tiny_pipeline_dir, manifest)
+    )
     again = run_precompute(PrecomputeConfig(config=config_file, manifest=manifest, output_dir=tiny_cache))
     assert (again.encoded, again.reused, again.clips) == (0, 4, 4)
 
@@ -56,29 +58,47 @@ def test_precompute_resumes_and_rejects_other_settings(tiny_cache, tiny_pipeline
         run_precompute(PrecomputeConfig(config=other_file, manifest=manifest, output_dir=tiny_cache))
 
 
-def test_training_from_the_cache_equals_online_encoding(tiny_cache, tiny_pipeline_dir, tiny_dataset, tmp_path):
+def test_training_from_the_cache_equals_online_encoding(
+    tiny_cache, tiny_pipeline_dir, tiny_dataset, tmp_path
+):
     manifest = tiny_dataset / "manifest.jsonl"
     stage = {"name": "main", "steps": 2, "lr": 1e-3}
     online = run_train(
         build_config(
-            tiny_config_dict(tmp_path / "online", tiny_pipeline_dir, manifest, stages=[{**stage, "manifest": str(manifest)}])
+            tiny_config_dict(
+                tmp_path / "online",
+                tiny_pipeline_dir,
+                manifest,
+                stages=[{**stage, "manifest": str(manifest)}],
+            )
         )
     )
     cached = run_train(
         build_config(
-            tiny_config_dict(tmp_path / "cached", tiny_pipeline_dir, manifest, stages=[{**stage, "cache": str(tiny_cache)}])
+            tiny_config_dict(
+                tmp_path / "cached", tiny_pipeline_dir, manifest, stages=[{**stage, "cache": str(tiny_cache)}]
+            )
         )
     )
     assert online.losses == cached.losses  # bit for bit: the same features, noise and timesteps
-    a = safetensors.torch.load_file(online.checkpoints[-1] / "transformer" / "diffusion_pytorch_model.safetensors")
-    b = safetensors.torch.load_file(cached.checkpoints[-1] / "transformer" / "diffusion_pytorch_model.safetensors")
+    a = safetensors.torch.load_file(
+        online.checkpoints[-1] / "transformer" / "diffusion_pytorch_model.safetensors"
+    )
+    b = safetensors.torch.load_file(
+        cached.checkpoints[-1] / "transformer" / "diffusion_pytorch_model.safetensors"
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [m["step"] for m in read_metrics(tmp_path / "online")] == [1, 2]
 
 
 def test_bad_clips_are_skipped_and_counted(tiny_pipeline_dir, tiny_dataset, tmp_path):
     (tmp_path / "corrupt.mp4").write_bytes(b"\x00" * 1000)
-    good = (tiny_dataset / "manifest.jsonl").read_text().splitlines()[0].replace('"clips/', f'"{tiny_dataset}/clips/')
+    good = (
+        (tiny_dataset / "manifest.jsonl")
+        .read_text()
+        .splitlines()[0]
+        .replace('"clips/', f'"{tiny_dataset}/clips/')
+    )
     good = good.replace('"subjects/', f'"{tiny_dataset}/subjects/')
     ref = json.loads(good)["references"]
     lines = [good, manifest_line("corrupt.mp4", "broken", ref), manifest_line("missing.mp4", "gone", ref)]
@@ -88,17 +108,51 @@ def test_bad_clips_are_skipped_and_counted(tiny_pipeline_dir, tiny_dataset, tmp_
     data = tiny_config_dict(tmp_path / "out", tiny_pipeline_dir, manifest)
     data["data"] = {**data["data"], "on_bad_sample": "skip"}
     config_file = write_config(tmp_path / "train.json", data)
-    summary = run_precompute(PrecomputeConfig(config=config_file, manifest=manifest, output_dir=tmp_path / "cache"))
+    summary = run_precompute(
+        PrecomputeConfig(config=config_file, manifest=manifest, output_dir=tmp_path / "cache")
+    )
     assert (summary.clips, summary.encoded, summary.skipped) == (1, 1, 2)
     index = json.loads((tmp_path / "cache" / "index.json").read_text())
     reasons = {s["line"]: s["reason"] for s in index["skipped"]}
     assert "corrupt.mp4" in reasons[2] and "'video' file not found" in reasons[3]
 
-    trained = run_train(build_config({**data, "stages": [{"name": "s", "steps": 2, "manifest": str(manifest)}]}))
+    trained = run_train(
+        build_config({**data, "stages": [{"name": "s", "steps": 2, "manifest": str(manifest)}]})
+    )
     assert trained.skipped_samples >= 2  # the missing line, and the corrupt clip at least once
     assert read_metrics(tmp_path / "out")[-1]["skipped"] == trained.skipped_samples
 
     data["data"]["on_bad_sample"] = "error"
     atomic_write_json(config_file, data)
     with pytest.raises(ValueError, match="line 3: 'video' file not found"):
-        run_precompute(PrecomputeConfig(config=config_file, manifest=manifest, output_dir=tmp_path / "cache2"))
+        run_precompute(
+            PrecomputeConfig(config=config_file, manifest=manifest, output_dir=tmp_path / "cache2")
+        )
+
+
+def test_the_optional_first_frame_condition(tiny_pipeline_dir, tiny_dataset, tmp_path):
+    """The released trainer's I2V input: first-frame CLIP tokens after the references', mask 1 on frame 0."""
+    from bindweave.training.data import ClipDataset
+    from bindweave.training.features import FeatureEncoder
+    from bindweave.training.manifest import read_clip_manifest
+    from bindweave.training.model import load_pipeline
+
+    config = build_config(tiny_config_dict(tmp_path, tiny_pipeline_dir, tiny_dataset / "manifest.jsonl"))
+    pipe = load_pipeline(config.model, torch.float32, load_transformer=False)
+    clip = ClipDataset(read_clip_manifest(tiny_dataset / "manifest.jsonl"), config.data, seed=0).load(0, 0)
+    plain = FeatureEncoder(pipe, config.data, torch.device("cpu")).encode(clip)
+    config.data.first_frame_condition = True
+    with_frame = FeatureEncoder(pipe, config.data, torch.device("cpu")).encode(clip)
+
+    tokens = 17  # tiny CLIP: one image is 17 tokens; one reference here
+    assert with_frame.image.shape == (5 * tokens, 32)
+    assert torch.equal(with_frame.image[:tokens], plain.image[:tokens])  # the reference's tokens first
+    assert (
+        with_frame.image[tokens : 2 * tokens].abs().sum() > 0
+        and with_frame.image[2 * tokens :].abs().sum() == 0
+    )
+    assert torch.equal(with_frame.condition[:, :4], plain.condition[:, :4])  # reference slots unchanged
+    video_masks = with_frame.condition[:4, 4:]  # (4, F', h, w) mask channels of the video part
+    assert (video_masks[:, 0] == 1).all() and (video_masks[:, 1:] == 0).all()
+    assert plain.condition[:4, 4:].abs().sum() == 0
+    assert torch.equal(with_frame.latents, plain.latents)

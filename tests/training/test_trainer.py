@@ -22,6 +22,7 @@ from bindweave.training.trainer import run_train
 from .conftest import build_config, tiny_config_dict
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 def cached_config(tmp_path: Path, pipeline_dir: Path, cache: Path, **overrides):
@@ -60,7 +61,7 @@ def test_resume_continues_exactly_as_if_never_stopped(tiny_cache, tiny_pipeline_
     """5 steps straight == 3 steps, stop, resume, 2 steps: same losses and bitwise-equal weights.
 
     Two curriculum stages (the stop falls inside the second, after its lr warmup began), gradient
-    accumulation, gradient checkpointing and validation along the way.
+    accumulation, gradient checkpointing and clipping, and checkpoint rotation along the way.
     """
     stages = [
         {"name": "curated", "steps": 2, "cache": str(tiny_cache), "lr": 1e-3},
@@ -94,7 +95,9 @@ def test_resume_continues_exactly_as_if_never_stopped(tiny_cache, tiny_pipeline_
     assert [m["lr"] for m in metrics] == [1e-3, 1e-3, 2.5e-4, 5e-4, 5e-4]  # per-stage lr, warmup in stage 2
 
 
-def test_a_checkpoint_is_a_loadable_pipeline_and_validation_writes_videos(tiny_cache, tiny_pipeline_dir, tiny_dataset, tmp_path):
+def test_a_checkpoint_is_a_loadable_pipeline_and_validation_writes_videos(
+    tiny_cache, tiny_pipeline_dir, tiny_dataset, tmp_path
+):
     reference = tiny_dataset / "subjects" / "subject0.png"
     config = cached_config(
         tmp_path,
@@ -136,7 +139,7 @@ def test_lora_trains_and_saves_only_the_adapters(tiny_cache, tiny_pipeline_dir, 
     summary = run_train(build_config(config))
     checkpoint = summary.checkpoints[-1]
 
-    adapter = safetensors.torch.load_file(checkpoint / "lora" / "pytorch_lora_weights.safetensors")
+    adapter = safetensors.torch.load_file(checkpoint / "lora" / LORA_WEIGHTS)
     assert adapter and all("lora_A" in k or "lora_B" in k for k in adapter)
     assert any(".attn2.add_k_proj.lora_B" in k for k in adapter)
     assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # B starts at zero: it trained
@@ -154,12 +157,14 @@ def test_lora_trains_and_saves_only_the_adapters(tiny_cache, tiny_pipeline_dir, 
         ).frames  # fmt: skip
 
     before = generate()
-    pipe.transformer.load_lora_adapter(checkpoint / "lora")
+    pipe.transformer.load_lora_adapter(checkpoint / "lora", weight_name=LORA_WEIGHTS, prefix=None)
     assert not torch.allclose(generate(), before)
 
 
 def test_connector_only_training_changes_only_the_connector(tiny_cache, tiny_pipeline_dir, tmp_path):
-    summary = run_train(build_config(cached_config(tmp_path, tiny_pipeline_dir, tiny_cache, trainable="connector")))
+    summary = run_train(
+        build_config(cached_config(tmp_path, tiny_pipeline_dir, tiny_cache, trainable="connector"))
+    )
     base = BindWeavePipeline.from_pretrained(tiny_pipeline_dir, dtype=torch.float32).transformer.state_dict()
     trained = load_weights(summary.checkpoints[-1])
     changed = {k for k, v in trained.items() if not torch.equal(base[k], v)}

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ChatClient", "ChatEndpointError", "image_data_url", "image_part", "text_part"]
 
 
-class ChatEndpointError(RuntimeError):
+class ChatEndpointError(ConnectionError):
     """The chat endpoint failed (after any retries) or returned something that is not a chat answer."""
 
 

@@ -31,6 +31,9 @@ __all__ = [
 MemoryMode = Literal["none", "model-offload", "group-offload", "sequential"]
 StepCacheKind = Literal["none", "first-block", "mag", "taylorseer"]
 ContextParallelKind = Literal["none", "ulysses", "ring"]
+# Ring attention merges partial softmaxes with their log-sum-exp, which these backends return
+# (PyTorch's default SDPA path, "native", does not).
+RING_ATTENTION_BACKENDS = ("_native_cudnn", "_native_flash", "flash", "sage")
 # The diffusers attention backends that make sense here (hub variants download kernels at first use).
 AttentionBackend = Literal[
     "native",
@@ -83,6 +86,11 @@ class PerfConfig:
         if self.compile and self.context_kv_cache:
             raise ValueError(
                 "--context-kv-cache looks its projections up in Python: use it without --compile"
+            )
+        if self.context_parallel == "ring" and self.attention_backend not in RING_ATTENTION_BACKENDS:
+            raise ValueError(
+                f"ring attention needs an attention backend that returns the log-sum-exp: "
+                f"--attention-backend {' / '.join(RING_ATTENTION_BACKENDS)} (or use --context-parallel ulysses)"
             )
         if self.context_parallel != "none" and self.memory != "none":
             raise ValueError(

@@ -21,7 +21,15 @@ from .config import DistributedConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DistributedContext", "all_reduce_mean", "barrier", "init_distributed", "shard_transformer"]
+__all__ = [
+    "DistributedContext",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "barrier",
+    "init_distributed",
+    "shard_transformer",
+    "shutdown_distributed",
+]
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,7 @@ class DistributedContext:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_process_group: bool = False  # this context created the default group (and should destroy it)
 
     @property
     def is_main(self) -> bool:
@@ -53,7 +62,8 @@ def init_distributed(timeout_minutes: float = 30.0) -> DistributedContext:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    owns = world_size > 1 and not dist.is_initialized()
+    if owns:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(
             backend=backend,
@@ -61,7 +71,9 @@ def init_distributed(timeout_minutes: float = 30.0) -> DistributedContext:
             device_id=device if device.type == "cuda" else None,
         )
         logger.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, device)
-    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    return DistributedContext(
+        rank=rank, world_size=world_size, local_rank=local_rank, device=device, owns_process_group=owns
+    )
 
 
 def shutdown_distributed() -> None:
@@ -113,12 +125,14 @@ def shard_transformer(
 ) -> torch.nn.Module:
     """Shard ``transformer`` in place with FSDP2: each block, then the root (embedders, head).
 
-    With ``compute_dtype`` (bf16) parameters are gathered and used in that dtype while the sharded
-    master copies and the gradient reduction stay float32.
+    With ``compute_dtype`` (bf16) the weights are gathered in that dtype while the sharded float32
+    master copies stay the optimizer's and gradients are reduced in float32. Forward inputs are not
+    cast: the trainer runs the forward under autocast, so the timestep reaches the sinusoidal
+    embedding in float32, exactly as at inference (a bf16 timestep would be off by up to 4 near 1000).
     """
     mesh = device_mesh(ctx, config)
     mixed = (
-        MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
         if compute_dtype is not None
         else MixedPrecisionPolicy()
     )

@@ -35,6 +35,10 @@ def load_pipeline(
     folders are loaded through :meth:`BindWeavePipeline.from_released`, transformer included, in the
     encoder dtype, which is the release's own precision, and then cast.)
     """
+    for name in ("pipeline", "wan", "transformer", "mllm"):
+        folder = getattr(model, name)
+        if folder is not None and not folder.is_dir():
+            raise ConfigError(f"model.{name}: folder not found: {folder}")
     encoder_dtype = DTYPES[model.encoder_dtype]
     if model.pipeline is not None:
         kwargs = {}
@@ -43,7 +47,7 @@ def load_pipeline(
             with torch.device("meta"):
                 kwargs["transformer"] = BindWeaveTransformer3DModel.from_config(config)
         dtypes = {"transformer": transformer_dtype, "vae": torch.float32, "default": encoder_dtype}
-        pipe = BindWeavePipeline.from_pretrained(model.pipeline, dtype=dtypes, **kwargs)
+        pipe = BindWeavePipeline.from_pretrained(str(model.pipeline), dtype=dtypes, **kwargs)
     else:
         pipe = BindWeavePipeline.from_released(
             model.wan, model.transformer, model.mllm, torch_dtype=encoder_dtype

@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .cache import INDEX_NAME, FeatureCacheWriter, feature_settings
-from .config import PrecomputeConfig, load_train_config
-from .data import ClipDataset, RawClip
-from .distributed import all_reduce_sum, barrier, init_distributed
+from .config import PrecomputeConfig, TrainConfig, load_train_config
+from .data import ClipDataset, RawClip, SampleError
+from .distributed import DistributedContext, all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from .features import FeatureEncoder
 from .manifest import read_clip_manifest
 from .model import load_pipeline
@@ -69,6 +69,14 @@ def run_precompute(config: PrecomputeConfig) -> PrecomputeSummary:
     """Encode every clip of ``config.manifest`` into the cache at ``config.output_dir``."""
     train = load_train_config(config.config)
     ctx = init_distributed()
+    try:
+        return _precompute(config, train, ctx)
+    finally:
+        if ctx.owns_process_group:
+            shutdown_distributed()
+
+
+def _precompute(config: PrecomputeConfig, train: TrainConfig, ctx: DistributedContext) -> PrecomputeSummary:
     device = torch.device(config.device) if config.device else ctx.device
     manifest = read_clip_manifest(config.manifest, train.data.on_bad_sample)
     writer = FeatureCacheWriter(config.output_dir, feature_settings(train.data, train.seed))
@@ -92,7 +100,7 @@ def run_precompute(config: PrecomputeConfig) -> PrecomputeSummary:
         for line, clip, error in tqdm(loader, desc=f"precompute rank {ctx.rank}", disable=not ctx.is_main):
             if error is not None:
                 if train.data.on_bad_sample == "error":
-                    raise ValueError(f"{error} (set data.on_bad_sample: skip to skip bad clips)")
+                    raise SampleError(f"{error} (set data.on_bad_sample: skip to skip bad clips)")
                 logger.warning("skipping bad clip %s", error)
                 writer.write_skip(line, error)
                 continue

@@ -22,7 +22,7 @@ import PIL.Image
 
 from bindweave.conditioning.references import ReferenceError, load_reference
 
-__all__ = ["BACKGROUND_RGB", "cut_out_subject", "load_subject"]
+__all__ = ["BACKGROUND_RGB", "cut_out_subject", "load_mask", "load_subject"]
 
 Background = Literal["white", "black"]
 BACKGROUND_RGB: dict[str, tuple[int, int, int]] = {"white": (255, 255, 255), "black": (0, 0, 0)}

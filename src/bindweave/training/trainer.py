@@ -51,6 +51,7 @@ from .distributed import (
     barrier,
     init_distributed,
     shard_transformer,
+    shutdown_distributed,
 )
 from .features import DTYPES, FeatureBatch, FeatureEncoder, collate_features
 from .manifest import read_clip_manifest
@@ -92,11 +93,15 @@ def run_train(config: TrainConfig) -> TrainSummary:
     config.validate()
     ctx = init_distributed()
     _setup_logging(ctx)
-    trainer = Trainer(config, ctx)
     try:
-        return trainer.train()
+        trainer = Trainer(config, ctx)
+        try:
+            return trainer.train()
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        if ctx.owns_process_group:
+            shutdown_distributed()
 
 
 def _setup_logging(ctx: DistributedContext) -> None:
@@ -149,7 +154,7 @@ class Trainer:
 
         # 2. The model to train.
         self.transformer = self.pipe.transformer
-        self.params = configure_trainable(self.transformer, config.trainable, config.lora)
+        configure_trainable(self.transformer, config.trainable, config.lora)
         if config.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.transformer.train()
@@ -157,6 +162,8 @@ class Trainer:
             shard_transformer(self.transformer, ctx, config.distributed, self.compute_dtype)
         else:
             self.transformer.to(ctx.device)
+        # Collected after sharding: FSDP2 replaces every parameter with its sharded DTensor.
+        self.params = [p for p in self.transformer.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params,
             lr=config.stages[0].lr,
@@ -225,8 +232,8 @@ class Trainer:
         return ClipDataset(manifest, data, self.config.seed)
 
     def compute_context(self) -> AbstractContextManager:
-        """bf16 autocast for an unsharded model (FSDP2 casts the gathered weights itself)."""
-        if self.compute_dtype is None or self.sharded:
+        """bf16 autocast around the DiT's forward (with FSDP2 the gathered weights are bf16 already)."""
+        if self.compute_dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.ctx.device.type, dtype=self.compute_dtype)
 

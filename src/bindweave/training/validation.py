@@ -99,7 +99,6 @@ class Validator:
                         None,
                     )
                 if self.ctx.is_main:
-                    pipe.vae.to(device)
                     frames = pipe.decode(latents, output_type="np")[0]  # (F, H, W, 3) in [0, 1]
                     written.append(write_video(frames, folder / f"{i:02d}.mp4", fps=VALIDATION_FPS))
         finally:

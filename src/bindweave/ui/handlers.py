@@ -39,6 +39,8 @@ from ..generate import GenerateConfig, ModelConfig, SamplingConfig, _sampling_kw
 from ..io.files import atomic_write_json
 from ..io.strip import write_strip
 from ..io.video import write_video
+from ..perf.config import MemoryMode
+from ..refine import PromptRefiner, refine_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +155,9 @@ class Preview:
     caption: str
 
 
-def preview_references(paths: Sequence[str | Path] | None, height: float | None, width: float | None) -> list[Preview]:
+def preview_references(
+    paths: Sequence[str | Path] | None, height: float | None, width: float | None
+) -> list[Preview]:
     """Letterbox every reference at the chosen size with the pipeline's own :func:`letterbox`."""
     images = load_reference_images(paths)
     size = check_size(height, width, 1)
@@ -183,46 +187,21 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def _model_fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(ModelConfig)}
-
-
 def memory_modes() -> tuple[str, ...]:
-    """The memory modes ModelConfig offers: its ``memory`` choices, or on/off for an ``offload`` flag."""
-    fields = _model_fields()
-    if "memory" in fields:
-        tp = _unwrap_optional(typing.get_type_hints(ModelConfig)["memory"])
-        if typing.get_origin(tp) is typing.Literal:
-            return tuple(str(choice) for choice in typing.get_args(tp))
-        return (str(fields["memory"].default),)
-    if "offload" in fields:
-        return ("gpu", "offload")
-    return ("default",)
-
-
-def memory_of(config: ModelConfig) -> str:
-    """The memory mode a config asks for, in :func:`memory_modes` terms."""
-    if "memory" in _model_fields():
-        return str(config.memory)
-    if "offload" in _model_fields():
-        return "offload" if config.offload else "gpu"
-    return "default"
+    """The ``--memory`` choices of the CLI, offered in the page."""
+    return typing.get_args(MemoryMode)
 
 
 def with_memory(config: ModelConfig, mode: str) -> ModelConfig:
     """``config`` with the memory mode chosen in the page (a copy; the launch config stays untouched)."""
     if mode not in memory_modes():
         raise UIError(f"Unknown memory mode {mode!r}; choose one of {', '.join(memory_modes())}.")
-    if "memory" in _model_fields():
-        return dataclasses.replace(config, memory=mode)
-    if "offload" in _model_fields():
-        return dataclasses.replace(config, offload=mode == "offload")
-    return config
+    return dataclasses.replace(config, memory=mode)
 
 
 def model_config_of(config: ModelConfig) -> ModelConfig:
     """Only the :class:`ModelConfig` part of a larger config (e.g. the launcher's)."""
-    return ModelConfig(**{name: getattr(config, name) for name in _model_fields()})
+    return ModelConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(ModelConfig)})
 
 
 class PipelineLoader:
@@ -239,7 +218,7 @@ class PipelineLoader:
         self._lock = threading.Lock()
 
     def __call__(self, memory: str | None = None) -> Any:
-        mode = memory or memory_of(self.config)
+        mode = memory or self.config.memory
         with self._lock:
             if self._pipe is None or mode != self._mode:
                 if self._pipe is not None:
@@ -303,7 +282,7 @@ def parse_request(
         fixed_seed = _whole_number(seed, "Seed")
         if not 0 <= fixed_seed <= MAX_SEED:
             raise UIError(f"Seed must be between 0 and {MAX_SEED} (got {fixed_seed}).")
-    mode = memory or memory_modes()[0]
+    mode = memory or "none"
     if mode not in memory_modes():
         raise UIError(f"Unknown memory mode {mode!r}; choose one of {', '.join(memory_modes())}.")
     request = JobRequest(
@@ -362,10 +341,13 @@ def _default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
+_LEADING = ("refs", "prompt", "out")  # what a reader looks for first
+
+
 def config_argv(config: Any) -> list[str]:
     """Options that make the CLI parser rebuild ``config`` (fields equal to their default are left out)."""
     argv: list[str] = []
-    for f in dataclasses.fields(config):
+    for f in sorted(dataclasses.fields(config), key=lambda f: f.name not in _LEADING):
         value = getattr(config, f.name)
         if value is None or (f.name not in _ALWAYS_WRITTEN and value == _default(f)):
             continue
@@ -508,6 +490,7 @@ def generate_frames(
         return GenerationOutcome(frames=None, steps_done=steps_done, cancelled=True)
     with torch.no_grad():
         frames = pipe.decode(latents, "np")[0]
+    pipe.maybe_free_model_hooks()  # as the pipeline does after its own decode (model offload)
     return GenerationOutcome(frames=frames, steps_done=steps_done, cancelled=False)
 
 
@@ -623,23 +606,15 @@ def history_entry(result: JobResult) -> dict[str, str]:
 
 
 def gallery_items(history: Sequence[dict[str, str]]) -> list[tuple[str, str]]:
-    """Newest first: (strip image, caption) per past result."""
-    return [(entry["strip"], entry["caption"]) for entry in reversed(history)]
+    """Newest first: (video, caption) per past result (a strip is too wide for a square gallery tile)."""
+    return [(entry["video"], entry["caption"]) for entry in reversed(history)]
 
 
 # -------------------------------------------------------------------------------------- refinement
 
 
-class PromptRefinerLike(typing.Protocol):
-    """What :mod:`bindweave.refine` backends provide (``EndpointRefiner``, ``LocalQwenRefiner``)."""
-
-    def generate(self, prompt: str, images: Sequence[PIL.Image.Image]) -> str: ...
-
-
-def refine(refiner: PromptRefinerLike, prompt: str | None, refs: Sequence[str | Path] | None) -> tuple[str, str]:
+def refine(refiner: PromptRefiner, prompt: str | None, refs: Sequence[str | Path] | None) -> tuple[str, str]:
     """(prompt to show, status message). An unusable answer keeps the user's prompt and says why."""
-    from ..refine import refine_prompt
-
     prompt = check_prompt(prompt)
     images = load_reference_images(refs)
     result = refine_prompt(refiner, prompt, images)

@@ -11,14 +11,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..config import field
 from ..generate import ModelConfig
-from .handlers import PipelineLoader, PromptRefinerLike, UIError, model_config_of
+from ..refine import PromptRefiner
+from .handlers import PipelineLoader, UIError, model_config_of
 
 logger = logging.getLogger(__name__)
 
+MAX_UPLOAD = "50mb"  # reference images; a bigger upload is refused by Gradio before it reaches the app
 INSTALL_HINT = "the web app needs the optional extra: pip install 'bindweave[ui]' (Gradio 5 or newer)"
 
 
@@ -30,19 +32,16 @@ class UIConfig(ModelConfig):
     port: int = field(7860, help="port to listen on")
     share: bool = field(False, help="also open a public Gradio share link (off: the app stays local)")
     out: Path = field(Path("outputs/ui"), help="folder for the results (one subfolder per run)")
-    refine_endpoint: str | None = field(
-        None, help="OpenAI-compatible chat endpoint for the 'Refine prompt' button (e.g. .../v1)"
+    refine: Literal["none", "local", "endpoint"] = field(
+        "none",
+        help="show a 'Refine prompt' button: with the pipeline's Qwen2.5-VL (local) or an endpoint",
     )
-    refine_model: str = field("gpt-4o", help="model name sent to --refine-endpoint")
-    refine_api_key_env: str = field(
-        "OPENAI_API_KEY", help="environment variable holding --refine-endpoint's API key"
-    )
-    refine_local: bool = field(
-        False, help="refine prompts with the pipeline's own Qwen2.5-VL (needs a real --mllm)"
-    )
+    refine_endpoint: str | None = field(None, help="OpenAI-compatible base URL for --refine endpoint")
+    refine_model: str = field("gpt-4o", help="model name for --refine endpoint")
+    refine_api_key_env: str = field("OPENAI_API_KEY", help="environment variable with the endpoint's API key")
 
 
-RefinerFactory = Callable[[], PromptRefinerLike]
+RefinerFactory = Callable[[], PromptRefiner]
 
 
 def make_refiner(config: UIConfig, pipe_loader: PipelineLoader) -> RefinerFactory | None:
@@ -51,17 +50,17 @@ def make_refiner(config: UIConfig, pipe_loader: PipelineLoader) -> RefinerFactor
     A factory, not a refiner: the local backend borrows the loaded pipeline's MLLM, which is only known
     once the pipeline is loaded in the chosen memory mode.
     """
-    if config.refine_endpoint and config.refine_local:
-        raise ValueError("give either --refine-endpoint or --refine-local, not both")
-    if config.refine_endpoint:
+    if config.refine == "endpoint":
+        if not config.refine_endpoint:
+            raise ValueError("--refine endpoint needs --refine-endpoint URL")
         from ..refine import EndpointRefiner
 
         refiner = EndpointRefiner(config.refine_endpoint, config.refine_model, config.refine_api_key_env)
         return lambda: refiner
-    if config.refine_local:
+    if config.refine == "local":
         from ..refine import LocalQwenRefiner
 
-        def local() -> PromptRefinerLike:
+        def local() -> PromptRefiner:
             pipe = pipe_loader()
             if pipe.mllm is None or pipe.mllm_processor is None:
                 raise UIError("The loaded pipeline has no MLLM to refine with; start the app with --mllm.")
@@ -87,7 +86,7 @@ def launch_app(
     The result folder is the only extra folder Gradio may serve files from. With ``block=False`` the
     server runs in a background thread until ``app.close()`` (tests use this).
     """
-    from .app import THEME
+    from .app import CSS, THEME
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,10 +95,12 @@ def launch_app(
         server_port=port,
         share=share,
         allowed_paths=[str(out_dir)],
+        max_file_size=MAX_UPLOAD,
         show_error=True,  # an unexpected error shows its message in the page instead of a bare "Error"
         prevent_thread_lock=not block,
         quiet=not block,
         theme=THEME,
+        css=CSS,
         ssr_mode=False,
     )
     return fastapi_app, local_url
@@ -113,12 +114,21 @@ def run_ui(config: UIConfig) -> None:
     if not _is_loopback(config.host):
         logger.warning("listening on %s: anyone who can reach this machine can use the app", config.host)
     model = model_config_of(config)
+    check_model_paths(model)
     loader = PipelineLoader(model)
     if model.model is None and model.wan is None:
         print("Using the embedded default model: its weights are random, expect coloured noise.")
     loader()  # wrong model paths fail here, before the page is served
     app = build_app(loader, out_dir=config.out, refiner=make_refiner(config, loader))
     launch_app(app, config.host, config.port, config.out, share=config.share)
+
+
+def check_model_paths(config: ModelConfig) -> None:
+    """Name a mistyped model folder in one line (diffusers would take it for a Hub id and fail obscurely)."""
+    for name in ("model", "wan", "transformer", "mllm"):
+        path = getattr(config, name)
+        if path is not None and not Path(path).is_dir():
+            raise OSError(f"--{name} {path}: no such folder")
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,0 +1,451 @@
+"""``bindweave bench``: how fast the DiT and the whole pipeline run, against stock diffusers Wan.
+
+One run measures, for a model size with random weights:
+
+- the DiT time per sampling step (both CFG branches, batched or not, as configured), timed over
+  ``repeats`` steps after a warm-up step, on conditioning of the release's shapes;
+- its FLOPs (:mod:`bindweave.perf.flops`), achieved TFLOP/s and MFU against ``peak_tflops``;
+- the same step on stock diffusers ``WanTransformer3DModel`` sharing the same weights, at the same token
+  count and context length (the stock cross-attention split, no connector), and the time ratio;
+- the end-to-end pipeline time (encoders, ``steps`` DiT steps, VAE decode) and the peak memory
+  (``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS).
+
+Sizes: ``tiny`` (the test model) and ``medium`` (a 4-layer, 1024-wide DiT) run anywhere, with the tiny
+umT5 / CLIP / VAE / MLLM; ``14b`` is the released DiT's shape, built on the meta device and materialised
+with random weights on the GPU only, DiT-only (no end-to-end: the real encoders are not loaded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+from ..conditioning.latents import latent_frame_count
+from ..config import field
+from ..denoiser import Conditioning, guided_velocity
+from ..generate import Dtype, resolve_device, resolve_dtype
+from ..models import BindWeaveTransformer3DModel
+from ..pipeline import BindWeavePipeline
+from ..testing import build_tiny_release, tiny_transformer_kwargs
+from .config import PerfConfig, apply_perf_config
+from .cross_attention import context_kv_cache, install_fast_cross_attention
+from .flops import DiTWorkload, dit_forward_flops
+from .memory import enable_fp8_weights
+from .parallel import sequence_length
+from .speed import compile_blocks, set_attention_backend
+
+__all__ = ["BenchConfig", "BenchResult", "run_bench"]
+
+BenchSize = Literal["tiny", "medium", "14b"]
+
+# Video size per model size: (height, width, num_frames).
+DEFAULT_VIDEO = {"tiny": (32, 48, 5), "medium": (96, 160, 9), "14b": (720, 1280, 81)}
+MEDIUM_DIT = dict(
+    num_attention_heads=8, attention_head_dim=128, ffn_dim=4096, num_layers=4, added_kv_proj_dim=1024
+)
+NEGATIVE_EXTRA_TOKENS = 6  # the release's negative MLLM prompt has the motion suffix appended: 526 vs 532
+
+# Dense bf16/fp16 tensor-core peaks, TFLOP/s, by a substring of the CUDA device name (most specific first).
+KNOWN_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("H20", 148.0),
+    ("A100", 312.0),
+    ("L40S", 362.1),
+    ("L4", 121.0),
+    ("RTX 4090", 165.2),
+)
+
+
+@dataclass(kw_only=True)
+class BenchConfig(PerfConfig):
+    """Benchmark the DiT and the pipeline for one model size (random weights)."""
+
+    size: BenchSize = field("tiny", help="model size: tiny, medium (CPU or GPU) or 14b (GPU only, DiT only)")
+    height: int | None = field(None, help="video height (default: tiny 32, medium 96, 14b 720)")
+    width: int | None = field(None, help="video width (default: tiny 48, medium 160, 14b 1280)")
+    num_frames: int | None = field(None, help="video frames, 4k+1 (default: tiny 5, medium 9, 14b 81)")
+    mllm_tokens: int = field(526, help="MLLM tokens of the prompt; the negative prompt has 6 more")
+    steps: int = field(4, help="sampling steps of the end-to-end run")
+    repeats: int = field(3, help="timed DiT steps, after one warm-up step")
+    guidance: float = field(5.0, help="CFG scale (1 times a single branch)")
+    peak_tflops: float | None = field(
+        None,
+        help="device peak for MFU in TFLOP/s (default: the GPU's dense bf16 peak when known; CPU: required)",
+    )
+    device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
+    dtype: Dtype = field("auto", help="weights dtype; auto = bfloat16 on CUDA, float32 on CPU")
+    compare_stock: bool = field(
+        True, help="also time stock diffusers WanTransformer3DModel on the same weights"
+    )
+    seed: int = field(0, help="seed of the random weights and inputs")
+
+    def video(self) -> tuple[int, int, int]:
+        height, width, frames = DEFAULT_VIDEO[self.size]
+        return self.height or height, self.width or width, self.num_frames or frames
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Every figure of one bench run (printed by :meth:`report`)."""
+
+    size: str
+    device: str
+    dtype: str
+    video: str  # "F x H x W"
+    dit_tokens: int  # self-attention tokens per sample, reference slots included
+    context_tokens: int  # cross-attention context tokens of the positive branch
+    forwards_per_step: int
+    dit_step_seconds: float
+    dit_step_tflop: float
+    achieved_tflops: float
+    peak_tflops: float
+    mfu: float
+    stock_step_seconds: float | None
+    stock_achieved_tflops: float | None
+    bindweave_over_stock: float | None
+    end_to_end_seconds: float | None
+    end_to_end_steps: int | None
+    peak_memory_gib: float
+    peak_memory_kind: str
+
+    def report(self) -> str:
+        """One ``name: value`` line per figure."""
+        lines = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float):
+                value = f"{value:.6g}"
+            lines.append(f"{f.name}: {'not measured' if value is None else value}")
+        return "\n".join(lines)
+
+
+def run_bench(config: BenchConfig) -> BenchResult:
+    """Run the benchmark ``config`` describes and print its figures."""
+    config.validate_perf()
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    peak = resolve_peak_tflops(config.peak_tflops, device, dtype)
+    height, width, num_frames = config.video()
+    if config.size == "14b" and device.type != "cuda":
+        raise ValueError("the 14b bench materialises 14B random weights: it needs a CUDA device")
+    if config.size == "14b" and config.memory != "none":
+        raise ValueError("the 14b bench is DiT-only and keeps it on the GPU: use --memory none")
+    if config.context_parallel != "none":
+        raise ValueError(
+            "bench times one process; benchmark context parallelism with generate under torchrun"
+        )
+    torch.manual_seed(config.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe, transformer = _build(config, device, dtype, Path(tmp))
+        inputs = _dit_inputs(transformer, config, height, width, num_frames, device)
+        # Stock first, on the untouched weights (fp8 casting would change them in place).
+        stock = _time_stock(transformer, inputs, config, device) if config.compare_stock else None
+        _apply_options(pipe, transformer, config, device)
+        step_seconds = _time_steps(lambda: _dit_step(transformer, inputs, config), config.repeats, device)
+        end_to_end = _time_end_to_end(pipe, inputs, config, (height, width, num_frames), device)
+
+    flops = inputs.flops_per_step
+    achieved = flops / step_seconds / 1e12
+    stock_seconds, stock_tflops = stock if stock is not None else (None, None)
+    memory, memory_kind = _peak_memory_gib(device)
+    result = BenchResult(
+        size=config.size,
+        device=_device_name(device),
+        dtype=str(dtype).removeprefix("torch."),
+        video=f"{num_frames} x {height} x {width}",
+        dit_tokens=inputs.workload.tokens,
+        context_tokens=inputs.workload.context_tokens,
+        forwards_per_step=1 if inputs.uncond is None or config.batch_cfg else 2,
+        dit_step_seconds=step_seconds,
+        dit_step_tflop=flops / 1e12,
+        achieved_tflops=achieved,
+        peak_tflops=peak,
+        mfu=achieved / peak,
+        stock_step_seconds=stock_seconds,
+        stock_achieved_tflops=stock_tflops,
+        bindweave_over_stock=None if stock_seconds is None else step_seconds / stock_seconds,
+        end_to_end_seconds=end_to_end,
+        end_to_end_steps=None if end_to_end is None else config.steps,
+        peak_memory_gib=memory,
+        peak_memory_kind=memory_kind,
+    )
+    print(f"bindweave bench ({platform.node()}, torch {torch.__version__})")
+    print(result.report())
+    return result
+
+
+def resolve_peak_tflops(given: float | None, device: torch.device, dtype: torch.dtype) -> float:
+    """The MFU denominator: ``given``, else the known dense bf16/fp16 peak of this GPU."""
+    if given is not None:
+        if given <= 0:
+            raise ValueError(f"--peak-tflops must be positive, got {given}")
+        return given
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        name = torch.cuda.get_device_name(device)
+        for pattern, peak in KNOWN_PEAK_TFLOPS:
+            if pattern in name:
+                return peak
+        raise ValueError(f"no known peak for {name}: pass --peak-tflops")
+    raise ValueError(f"no known peak TFLOP/s for {device.type} in {dtype}: pass --peak-tflops")
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def _build(config: BenchConfig, device: torch.device, dtype: torch.dtype, tmp: Path):
+    """``(pipeline or None, DiT on device)``: tiny encoders + a random DiT of the size, or the bare 14B DiT.
+
+    The tiny and medium DiTs take the tiny encoders' widths (text, image and MLLM dims of 32).
+    """
+    if config.size == "14b":
+        return None, random_transformer(BindWeaveTransformer3DModel.released_config(), device, dtype)
+    kwargs = tiny_transformer_kwargs() | (MEDIUM_DIT if config.size == "medium" else {})
+    release = build_tiny_release(tmp, seed=config.seed)
+    pipe = BindWeavePipeline.from_released(
+        release.wan, release.transformer, release.mllm, torch_dtype=dtype, **tiny_transformer_kwargs()
+    )
+    transformer = BindWeaveTransformer3DModel(**kwargs).to(device).eval()
+    if dtype != torch.float32:
+        transformer = transformer.to(dtype)
+    pipe = BindWeavePipeline(**{**pipe.components, "transformer": transformer, "mllm": None})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, transformer
+
+
+def random_transformer(config: dict[str, Any], device: torch.device, dtype: torch.dtype):
+    """A BindWeave DiT of ``config`` with random weights, allocated directly on ``device``.
+
+    Built on the meta device (no host copy of 14B parameters), then materialised on ``device``:
+    matrices ~ N(0, 0.02), vectors 0 (biases) or 1 (norm scales), and RoPE tables recomputed.
+    """
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = BindWeaveTransformer3DModel(**kwargs)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim >= 2:
+                param.normal_(0.0, 0.02)
+            else:
+                param.fill_(0.0 if name.endswith("bias") else 1.0)
+    c = model.config
+    model.rope = WanRotaryPosEmbed(c.attention_head_dim, c.patch_size, c.rope_max_seq_len).to(device)
+    return model.to(dtype).eval()
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class _DiTInputs:
+    """Random inputs of one sampling step, with the release's shapes for the video size."""
+
+    latents: torch.Tensor  # (1, z, F', h, w)
+    timestep: torch.Tensor  # (1,)
+    cond: Conditioning
+    uncond: Conditioning | None  # None without CFG
+    workload: DiTWorkload  # the positive branch's
+    flops_per_step: int  # useful FLOPs of both branches (padding rows of batched CFG not counted)
+
+    @property
+    def branches(self) -> list[Conditioning]:
+        return [self.cond] if self.uncond is None else [self.cond, self.uncond]
+
+
+def _dit_inputs(
+    transformer, config: BenchConfig, height: int, width: int, num_frames: int, device
+) -> _DiTInputs:
+    c = transformer.config
+    frames, h, w = latent_frame_count(num_frames, 4), height // 8, width // 8
+    slots, dtype = c.num_reference_slots, transformer.dtype
+    g = torch.Generator().manual_seed(config.seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device, dtype)
+
+    cond = Conditioning(
+        text=randn(1, 512, c.text_dim),
+        image=randn(1, slots * c.image_context_tokens, c.image_dim),
+        mllm=randn(1, config.mllm_tokens, c.mllm_dim),
+        condition=randn(1, c.in_channels - c.out_channels, slots + frames, h, w),
+    )
+    uncond = None
+    if config.guidance != 1.0:
+        negative_mllm = randn(1, config.mllm_tokens + NEGATIVE_EXTRA_TOKENS, c.mllm_dim)
+        uncond = cond.with_prompt(randn(1, 512, c.text_dim), negative_mllm)
+    workload = DiTWorkload(
+        tokens=sequence_length(c, frames, h, w),
+        image_branch_tokens=c.image_context_tokens,
+        clip_tokens=slots * c.image_context_tokens,
+        mllm_tokens=config.mllm_tokens,
+    )
+    inputs = _DiTInputs(
+        latents=randn(1, c.out_channels, frames, h, w),
+        timestep=torch.full((1,), 500.0, device=device),
+        cond=cond,
+        uncond=uncond,
+        workload=workload,
+        flops_per_step=0,
+    )
+    flops = sum(dit_forward_flops(c, _workload_of(inputs, branch)).total for branch in inputs.branches)
+    return replace(inputs, flops_per_step=flops)
+
+
+def _workload_of(inputs: _DiTInputs, branch: Conditioning) -> DiTWorkload:
+    return replace(inputs.workload, mllm_tokens=branch.mllm.shape[1])
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+def _apply_options(pipe, transformer, config: BenchConfig, device: torch.device) -> None:
+    """The configured options: on the whole pipeline, or on the bare 14B DiT those that concern it."""
+    if pipe is not None:
+        apply_perf_config(pipe, config, device)
+        return
+    if config.batch_cfg or config.context_kv_cache:
+        install_fast_cross_attention(transformer)
+    if config.attention_backend is not None:
+        set_attention_backend(transformer, config.attention_backend)
+    if config.fp8_weights:
+        enable_fp8_weights(transformer, compute_dtype=transformer.dtype)
+    if config.compile:
+        compile_blocks(transformer, fullgraph=True)
+
+
+def _dit_step(transformer, inputs: _DiTInputs, config: BenchConfig) -> torch.Tensor:
+    """One sampling step's DiT work: both CFG branches, in one batched forward or two."""
+    reuse = context_kv_cache(transformer) if config.context_kv_cache else contextlib.nullcontext()
+    with torch.no_grad(), reuse:
+        return guided_velocity(
+            transformer,
+            inputs.latents,
+            inputs.timestep,
+            inputs.cond,
+            inputs.uncond,
+            config.guidance,
+            batch_cfg=config.batch_cfg,
+        )
+
+
+def _time_stock(transformer, inputs: _DiTInputs, config: BenchConfig, device: torch.device):
+    """``(seconds per step, TFLOP/s)`` of stock Wan: same weights, tokens and context length, two forwards.
+
+    Stock Wan takes the slots and the condition already concatenated, ``(1, 36, slots + F', h, w)``, and
+    a text context of the same length as BindWeave's (``L + 512``, split by the stock processor at
+    ``len - 512``); it has no connector, whose FLOPs are left out of its count.
+    """
+    stock = stock_wan_sharing_weights(transformer)
+    if config.attention_backend is not None:
+        set_attention_backend(stock, config.attention_backend)
+    c = transformer.config
+    latents = inputs.latents  # (1, z, F', h, w)
+    slot_frames = latents.new_zeros(*latents.shape[:2], c.num_reference_slots, *latents.shape[3:])
+    calls = []
+    for branch in inputs.branches:
+        hidden = torch.cat([torch.cat([slot_frames, latents], dim=2), branch.condition], dim=1)
+        text = torch.cat([branch.mllm.new_zeros(1, branch.mllm.shape[1], c.text_dim), branch.text], dim=1)
+        calls.append((hidden, text, branch.image))  # (1, 36, S+F', h, w), (1, L+512, text_dim), (1, S*257, D)
+
+    def step() -> None:
+        with torch.no_grad():
+            for hidden, text, image in calls:
+                stock(hidden, inputs.timestep, text, image, return_dict=False)
+
+    seconds = _time_steps(step, config.repeats, device)
+    flops = sum(dit_forward_flops(c, _workload_of(inputs, b)).without_connector() for b in inputs.branches)
+    return seconds, flops / seconds / 1e12
+
+
+def stock_wan_sharing_weights(transformer) -> torch.nn.Module:
+    """Stock diffusers ``WanTransformer3DModel`` of the same config, sharing ``transformer``'s tensors."""
+    bindweave_only = ("mllm_dim", "image_context_tokens", "num_reference_slots")
+    kwargs = {
+        k: v for k, v in transformer.config.items() if not k.startswith("_") and k not in bindweave_only
+    }
+    with torch.device("meta"):
+        stock = WanTransformer3DModel(**kwargs)
+    state = {k: v for k, v in transformer.state_dict().items() if ".text_projector." not in k}
+    stock.load_state_dict(state, strict=True, assign=True)
+    stock.rope = transformer.rope  # the non-persistent RoPE tables are not in the state dict
+    return stock.eval()
+
+
+def _time_steps(step: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    """Mean seconds of ``step`` over ``repeats`` calls, after one warm-up call."""
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    step()
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    _synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def _time_end_to_end(
+    pipe, inputs: _DiTInputs, config: BenchConfig, video: tuple[int, int, int], device: torch.device
+) -> float | None:
+    """Seconds of one full pipeline call (after a warm-up call); ``None`` for the DiT-only 14b bench."""
+    if pipe is None:
+        return None
+    height, width, num_frames = video
+    rng = np.random.default_rng(config.seed)
+    references = [PIL.Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8))]
+
+    def call() -> None:
+        pipe(
+            "a subject moves",
+            references,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance,
+            mllm_hidden_states=inputs.cond.mllm,
+            negative_mllm_hidden_states=None if inputs.uncond is None else inputs.uncond.mllm,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+
+    return _time_steps(call, 1, device)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_gib(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "torch.cuda.max_memory_allocated"
+    # ru_maxrss is in KiB on Linux: the peak resident set of this process since it started.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak RSS of the process"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

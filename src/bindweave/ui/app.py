@@ -1,0 +1,322 @@
+"""The Gradio layout of ``bindweave ui``: components and events only; the logic is in :mod:`.handlers`.
+
+Generation and prompt refinement share one queue slot (``concurrency_id="model"``, limit 1): the model is
+loaded once, and two users never run it at the same time. Previews, presets and cancelling do not wait
+for that slot.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import torch
+
+from ..conditioning.references import MAX_REFERENCES
+from ..conditioning.text import DEFAULT_NEGATIVE_PROMPT
+from ..default_model import DEFAULT_PROMPT
+from .handlers import (
+    CUSTOM,
+    JobRegistry,
+    JobResult,
+    PipelineLoader,
+    UIError,
+    gallery_items,
+    history_entry,
+    memory_modes,
+    native_size,
+    parse_request,
+    preview_references,
+    refine,
+    resolution_presets,
+    run_job,
+)
+from .launch import RefinerFactory
+
+logger = logging.getLogger(__name__)
+
+# System fonts only: the default theme pulls Google Fonts, which an offline machine cannot reach.
+THEME = gr.themes.Default(
+    font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+)
+# Small canvases and masks are shown enlarged: keep their pixels sharp, so the mask border is exact.
+CSS = "#preview img, #strip img { image-rendering: pixelated; }"
+MODEL_QUEUE = "model"
+PAPER_STEPS = 50
+PAPER_GUIDANCE = 5.0
+
+
+def _user_error(err: BaseException) -> gr.Error:
+    """The message of a user-facing error, shown in the page (the server keeps running).
+
+    Logged as one line, as the CLI does: a traceback would only bury the message.
+    """
+    message = str(err)
+    if isinstance(err, torch.OutOfMemoryError):
+        message = "Out of GPU memory: choose a smaller size, fewer frames or another memory mode."
+    logger.warning("shown to the user: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
+def _model_label(pipe_loader: PipelineLoader) -> str:
+    config = pipe_loader.config
+    if config.wan is not None:
+        return f"released BindWeave (`{config.transformer}` on `{config.wan}`)"
+    if config.model is not None:
+        return f"`{config.model}`"
+    return "the embedded tiny default model (random weights: expect coloured noise, not your subjects)"
+
+
+def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactory | None = None) -> gr.Blocks:
+    """The page, bound to a pipeline loader, a result folder and an optional prompt refiner.
+
+    The pipeline is loaded here (if it is not yet) to read its native size for the resolution presets.
+    """
+    out_dir = Path(out_dir).resolve()
+    native = native_size(pipe_loader())
+    presets = resolution_presets(native)
+    modes = memory_modes()
+    jobs = JobRegistry()
+
+    def on_preview(refs: list[str] | None, height: float | None, width: float | None):
+        if not refs:
+            return [], ""
+        try:
+            previews = preview_references(refs, height, width)
+        except UIError as err:
+            return [], f"**Cannot use these inputs:** {err}"
+        items: list[tuple[Any, str]] = []
+        for preview in previews:
+            items += [(preview.canvas, preview.caption), (preview.mask, "its mask (white: the reference)")]
+        return items, ""
+
+    def on_preset(name: str):
+        if name not in presets:
+            return gr.skip(), gr.skip(), gr.skip()
+        size = presets[name]
+        return size.height, size.width, size.num_frames
+
+    def on_arm(request: gr.Request) -> str:
+        return jobs.arm(request.session_hash or "anonymous")
+
+    def on_cancel(request: gr.Request) -> str:
+        if jobs.cancel_session(request.session_hash or "anonymous"):
+            return "Cancelling: the run stops after the current denoising step."
+        return "Nothing is running."
+
+    def on_generate(
+        job_id: str,
+        refs: list[str] | None,
+        prompt: str,
+        negative_prompt: str,
+        height: float | None,
+        width: float | None,
+        num_frames: float | None,
+        steps: float | None,
+        guidance: float | None,
+        random_seed: bool,
+        seed: float | None,
+        memory: str,
+        history: list[dict[str, str]],
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio injects progress through this default
+    ):
+        def report(done: int, total: int) -> None:
+            if done == 0:
+                progress((0, total), desc="Encoding the prompt and references", unit="steps")
+            else:
+                progress((done, total), desc="Denoising", unit="steps")
+
+        try:
+            token = jobs.token(job_id)
+            request = parse_request(
+                refs,
+                prompt,
+                negative_prompt,
+                height,
+                width,
+                num_frames,
+                steps,
+                guidance,
+                random_seed,
+                seed,
+                memory,
+            )
+            progress(0, desc="Loading the model")
+            result = run_job(request, pipe_loader, pipe_loader.config, out_dir, report, token)
+        except (ValueError, OSError, torch.OutOfMemoryError) as err:  # UIError is a ValueError
+            raise _user_error(err) from err
+        finally:
+            jobs.release(job_id)
+        if result.cancelled:
+            return (*[gr.skip()] * 5, result.message, history, gr.skip(), gr.skip())
+        history = [*history, history_entry(result)]
+        return (*_show(result), result.message, history, gallery_items(history), result.seed)
+
+    def on_select(history: list[dict[str, str]], evt: gr.SelectData):
+        entry = list(reversed(history))[evt.index]
+        files = [entry["video"], entry["strip"], entry["settings"]]
+        return (
+            entry["video"],
+            entry["strip"],
+            files,
+            entry["command"],
+            entry["settings_json"],
+            f"Showing an earlier result: {entry['caption']}",
+        )
+
+    def on_refine(prompt: str, refs: list[str] | None):
+        if refiner is None:
+            raise gr.Error(
+                "No prompt refiner is configured (start the app with --refine local or --refine endpoint)."
+            )
+        try:
+            return refine(refiner(), prompt, refs)
+        except (ValueError, OSError) as err:
+            raise _user_error(err) from err
+
+    with gr.Blocks(title="BindWeave", analytics_enabled=False) as app:
+        gr.Markdown(
+            "# BindWeave: subject-to-video\n"
+            f"Upload 1 to {MAX_REFERENCES} reference images, describe what the subjects do, and generate. "
+            f"Model: {_model_label(pipe_loader)}; native size {native.label()}."
+        )
+        history = gr.State([])
+        job_id = gr.State("")
+        with gr.Row():
+            with gr.Column(scale=1):
+                refs = gr.File(
+                    label=f"Reference images (1-{MAX_REFERENCES}; drag to reorder, x to remove)",
+                    file_count="multiple",
+                    allow_reordering=True,
+                    elem_id="refs",
+                )
+                preview = gr.Gallery(
+                    label="What the model sees: each reference letterboxed at the chosen size, and its mask",
+                    columns=2,
+                    height="auto",
+                    format="png",
+                    interactive=False,
+                    elem_id="preview",
+                )
+                prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=3, elem_id="prompt")
+                refine_button = gr.Button("Refine prompt", visible=refiner is not None, elem_id="refine")
+                negative_prompt = gr.Textbox(
+                    label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=2, elem_id="negative"
+                )
+                with gr.Accordion("Settings", open=True):
+                    preset = gr.Radio(
+                        [*presets, CUSTOM], value=next(iter(presets)), label="Resolution", elem_id="preset"
+                    )
+                    with gr.Row():
+                        height = gr.Number(
+                            native.height, label="Height", precision=0, step=16, elem_id="height"
+                        )
+                        width = gr.Number(native.width, label="Width", precision=0, step=16, elem_id="width")
+                        num_frames = gr.Number(
+                            native.num_frames, label="Frames (4k+1)", precision=0, step=4, elem_id="frames"
+                        )
+                    with gr.Row():
+                        steps = gr.Number(PAPER_STEPS, label="Steps", precision=0, minimum=1, elem_id="steps")
+                        guidance = gr.Number(
+                            PAPER_GUIDANCE, label="Guidance", minimum=1, step=0.5, elem_id="guidance"
+                        )
+                    with gr.Row():
+                        random_seed = gr.Checkbox(True, label="Random seed", elem_id="random-seed")
+                        seed = gr.Number(42, label="Seed (last used)", precision=0, minimum=0, elem_id="seed")
+                    memory = gr.Radio(
+                        list(modes),
+                        value=pipe_loader.config.memory,
+                        label="Memory mode",
+                        elem_id="memory",
+                    )
+                with gr.Row():
+                    generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                status = gr.Markdown(elem_id="status")
+            with gr.Column(scale=1):
+                video = gr.Video(label="Result", interactive=False, elem_id="result-video")
+                strip = gr.Image(
+                    label="Strip: the references, then frames",
+                    type="filepath",
+                    interactive=False,
+                    elem_id="strip",
+                )
+                downloads = gr.File(
+                    label="Downloads", file_count="multiple", interactive=False, elem_id="downloads"
+                )
+                command = gr.Code(
+                    label="Repeat from the command line",
+                    language="shell",
+                    lines=3,
+                    wrap_lines=True,
+                    elem_id="command",
+                )
+                settings_json = gr.Code(
+                    label="Settings (JSON)", language="json", lines=8, elem_id="settings-json"
+                )
+                gallery = gr.Gallery(
+                    label="This session's results (newest first; click one to show it)",
+                    columns=2,
+                    height="auto",
+                    object_fit="contain",
+                    interactive=False,
+                    elem_id="history",
+                )
+
+        gr.on(
+            [refs.change, height.change, width.change],
+            on_preview,
+            inputs=[refs, height, width],
+            outputs=[preview, status],
+            trigger_mode="always_last",
+            show_progress="hidden",
+        )
+        preset.input(on_preset, inputs=preset, outputs=[height, width, num_frames], show_progress="hidden")
+        gr.on(
+            [height.input, width.input, num_frames.input],
+            lambda: CUSTOM,
+            outputs=preset,
+            show_progress="hidden",
+        )
+        generate_button.click(on_arm, outputs=job_id, queue=False, api_visibility="private").then(
+            on_generate,
+            inputs=[
+                job_id,
+                refs,
+                prompt,
+                negative_prompt,
+                height,
+                width,
+                num_frames,
+                steps,
+                guidance,
+                random_seed,
+                seed,
+                memory,
+                history,
+            ],
+            outputs=[video, strip, downloads, command, settings_json, status, history, gallery, seed],
+            concurrency_limit=1,
+            concurrency_id=MODEL_QUEUE,
+            show_progress_on=video,
+        )
+        cancel_button.click(on_cancel, outputs=status, concurrency_limit=None, show_progress="hidden")
+        gallery.select(
+            on_select, inputs=history, outputs=[video, strip, downloads, command, settings_json, status]
+        )
+        refine_button.click(
+            on_refine,
+            inputs=[prompt, refs],
+            outputs=[prompt, status],
+            concurrency_limit=1,
+            concurrency_id=MODEL_QUEUE,
+        )
+    return app
+
+
+def _show(result: JobResult) -> tuple[Any, ...]:
+    """The result panel's values: video, strip, downloads, command line, JSON."""
+    files = [str(result.video), str(result.strip), str(result.settings)]
+    return str(result.video), str(result.strip), files, result.command, result.settings_json

@@ -1,0 +1,75 @@
+"""Tiny real components for the performance tests: one release per session, a fresh pipeline per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from bindweave.pipeline import BindWeavePipeline
+from bindweave.testing import ReleaseFolders, build_tiny_release, tiny_transformer_kwargs
+
+SIZE = dict(height=32, width=48, num_frames=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory) -> ReleaseFolders:
+    return build_tiny_release(tmp_path_factory.mktemp("perf-release"))
+
+
+@pytest.fixture
+def make_pipe(tiny_release) -> Callable[[], BindWeavePipeline]:
+    """A fresh float32 pipeline (offloading and hooks change it in place)."""
+
+    def make() -> BindWeavePipeline:
+        pipe = BindWeavePipeline.from_released(
+            tiny_release.wan,
+            tiny_release.transformer,
+            tiny_release.mllm,
+            torch_dtype=torch.float32,
+            **tiny_transformer_kwargs(),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def refs() -> list[PIL.Image.Image]:
+    rng = np.random.default_rng(0)
+    return [
+        PIL.Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)),
+        PIL.Image.fromarray(rng.integers(0, 255, (36, 24, 3), dtype=np.uint8)),
+    ]
+
+
+@pytest.fixture(scope="session")
+def mllm_states() -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive and negative MLLM states of unequal lengths (7 vs 13 tokens), as in the release (526 vs 532)."""
+    g = torch.Generator().manual_seed(1)
+    dim = tiny_transformer_kwargs()["mllm_dim"]
+    return torch.randn(1, 7, dim, generator=g), torch.randn(1, 13, dim, generator=g)
+
+
+def _generate(pipe: BindWeavePipeline, refs, states=None, steps: int = 3, **kwargs):
+    """One seeded tiny generation; ``states``: precomputed MLLM states (else the tiny MLLM runs)."""
+    if states is not None:
+        kwargs |= dict(mllm_hidden_states=states[0], negative_mllm_hidden_states=states[1])
+    return pipe(
+        "a red thing moves left",
+        refs,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(0),
+        **SIZE,
+        **kwargs,
+    ).frames
+
+
+@pytest.fixture(scope="session")
+def generate() -> Callable:
+    """``generate(pipe, refs, states=None, steps=3, **call_kwargs)``: frames of one seeded tiny run."""
+    return _generate
