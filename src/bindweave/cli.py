@@ -23,6 +23,7 @@ from .generate import (
 from .refine import RefineConfig, run_refine
 from .training.config import PrecomputeConfig
 from .training.precompute import run_precompute
+from .ui import UIConfig, run_ui
 
 
 @dataclass
@@ -80,6 +81,7 @@ COMMANDS = [
         TrainCommandConfig,
         run_train_command,
     ),
+    Command("ui", "serve the subject-to-video web app on 127.0.0.1 (needs the 'ui' extra)", UIConfig, run_ui),
     Command(
         "extract-mllm",
         "save the MLLM states of a manifest in the released .pt format, plus a manifest copy pointing at them",

@@ -171,7 +171,7 @@ def load_pipeline(config: ModelConfig):
 # ---------------------------------------------------------------------------------------------- jobs
 
 
-def _sampling_kwargs(config: SamplingConfig) -> dict:
+def sampling_kwargs(config: SamplingConfig) -> dict:
     return dict(
         negative_prompt=config.negative_prompt,
         height=config.height,
@@ -197,7 +197,7 @@ def run_generate(config: GenerateConfig) -> Path:
         references,
         mllm_hidden_states=config.mllm_states,
         negative_mllm_hidden_states=config.negative_mllm_states,
-        **_sampling_kwargs(config),
+        **sampling_kwargs(config),
     ).frames[0]
     write_video(frames, config.out, fps=config.fps)
     logger.info("wrote %s", config.out)
@@ -253,7 +253,7 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
             images[entry.id],
             mllm_hidden_states=positive,
             negative_mllm_hidden_states=negative,
-            **_sampling_kwargs(config),
+            **sampling_kwargs(config),
         ).frames[0]
         written.append(write_video(frames, config.out / f"{entry.id}.mp4", fps=config.fps))
         seconds[entry.id] = round(time.perf_counter() - start, 3)

@@ -108,3 +108,13 @@ def test_fp8_refuses_an_fp8_compute_dtype(make_pipe):
 def test_unknown_mode_is_an_error(make_pipe):
     with pytest.raises(ValueError, match="unknown memory mode"):
         apply_memory_mode(make_pipe(), "disk", CPU)
+
+
+def test_vae_tiling_leaves_videos_below_the_tile_size_unchanged(make_pipe, refs, generate, reference):
+    pipe = make_pipe()
+    apply_memory_mode(pipe, "none", CPU)
+    pipe.vae.enable_tiling()
+    assert pipe.vae.use_tiling
+    # 32x48 frames are smaller than the default 256-pixel tile, so nothing is tiled: the reference video.
+    # (Above the tile size, tiles overlap and are blended: see docs/performance.md for the measured change.)
+    assert np.array_equal(generate(pipe, refs), reference)

@@ -12,9 +12,6 @@ from bindweave.default_model import build_tiny_random_pipeline
 from bindweave.generate import ModelConfig
 from bindweave.ui.handlers import PipelineLoader
 
-# The smallest size the tiny model accepts quickly: a multiple of 16 on each side, 4k + 1 frames.
-SMALL = {"height": 32, "width": 48, "num_frames": 5}
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -66,7 +66,9 @@ def test_settings_start_at_the_paper_defaults_and_native_size(app):
         "720p (720x1280, 81 frames)",
         "custom",
     ]
-    assert component(app, "memory").value == "none"
+    memory = component(app, "memory")
+    assert memory.value == "none"
+    assert memory.interactive is False  # the offload modes need a GPU; this app runs on the CPU
 
 
 def test_ui_options_default_to_a_local_server_and_the_embedded_model():
@@ -132,3 +134,16 @@ def test_run_ui_fails_before_serving_on_a_wrong_model_path(tmp_path, monkeypatch
     monkeypatch.setattr("bindweave.ui.launch.launch_app", lambda *a, **k: pytest.fail("must not serve"))
     with pytest.raises(OSError, match=r"--model .*missing: no such folder"):
         run_ui(parse_ui(["--model", str(tmp_path / "missing")]))
+
+
+def test_bindweave_ui_command():
+    """Once ``bindweave ui`` is wired into the CLI, its options are UIConfig's."""
+    from bindweave import cli
+
+    commands = {command.name: command for command in cli.COMMANDS}
+    if "ui" not in commands:
+        pytest.skip("the 'ui' subcommand is not wired into bindweave.cli yet")
+    assert commands["ui"].config_cls is UIConfig and commands["ui"].run is run_ui
+    args = cli.build_parser().parse_args(["ui", "--port", "7001"])
+    config = cfg.from_namespace(UIConfig, args)
+    assert (config.host, config.port, config.share) == ("127.0.0.1", 7001, False)

@@ -229,19 +229,18 @@ def test_generate_in_the_browser(page, ref_paths, tmp_path):
     ]
     for i in range(links.count()):
         assert page.request.get(links.nth(i).get_attribute("href")).status == 200
-    assert page.locator("#history video").count() == 1
-    page.locator("#history .thumbnail-item").first.click()  # showing a past result again
-    page.wait_for_function(
-        "document.querySelector('#status').innerText.includes('Showing an earlier result')"
-    )
-    assert "--steps 30" in page.locator("#command").inner_text()
-
+    assert page.locator("#history img").count() == 1
     shot = tmp_path / "bindweave-ui.png"
     page.screenshot(path=str(shot), full_page=True)
     with PIL.Image.open(shot) as image:
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.shape[1] == 1400 and pixels.std() > 10  # a rendered page, not a blank one
     print(f"screenshot: {shot}")
+    page.locator("#history .thumbnail-item").first.click()  # showing a past result again
+    page.wait_for_function(
+        "document.querySelector('#status').innerText.includes('Showing an earlier result')"
+    )
+    assert "--steps 30" in page.locator("#command").inner_text()
 
 
 def test_bad_inputs_show_a_message_and_the_server_keeps_going(
@@ -259,6 +258,9 @@ def test_bad_inputs_show_a_message_and_the_server_keeps_going(
     upload(page, five_images)
     page.wait_for_function("document.querySelector('#status').innerText.includes('at most 4')")
     assert "5 are uploaded. Remove 1." in status_text(page)
+    page.locator("#refs button[aria-label='Remove this file']").last.click()  # as asked
+    page.wait_for_function("document.querySelectorAll('#preview img').length === 8")
+    assert status_text(page).strip() == ""
 
     page.reload()
     page.wait_for_selector("#refs")
@@ -275,6 +277,22 @@ def test_bad_inputs_show_a_message_and_the_server_keeps_going(
     assert page.request.get(server).status == 200  # still serving
 
 
+def test_reordering_and_removing_references_update_the_preview(page, ref_paths):
+    upload(page, ref_paths)
+    page.wait_for_function("document.querySelectorAll('#preview img').length === 4")
+    captions = page.locator("#preview .caption-label")
+    assert "Reference 1 (tall subject.png)" in captions.nth(0).inner_text()
+    rows = page.locator("#refs tr.file")
+    rows.nth(1).drag_to(rows.nth(0))  # drag wide.jpg to the top
+    page.wait_for_function(
+        "document.querySelector('#preview .caption-label').innerText.startsWith('Reference 1 (wide.jpg)')"
+    )
+    assert captions.nth(2).inner_text().startswith("Reference 2 (tall subject.png)")
+    page.locator("#refs button[aria-label='Remove this file']").first.click()
+    page.wait_for_function("document.querySelectorAll('#preview img').length === 2")
+    assert captions.nth(0).inner_text().startswith("Reference 1 (tall subject.png)")
+
+
 def test_cancel_stops_a_running_job(page, ref_paths, probe):
     small_job(page, ref_paths[:1], steps=300)
     page.evaluate(RECORD_PROGRESS)
@@ -284,10 +302,12 @@ def test_cancel_stops_a_running_job(page, ref_paths, probe):
     )
     started = time.monotonic()
     page.locator("#cancel").click()
+    page.locator(".toast-body", has_text="Cancelling").first.wait_for()
     page.wait_for_function("document.querySelector('#status').innerText.includes('Cancelled after step')")
     assert time.monotonic() - started < 15
-    match = re.search(r"Cancelled after step (\d+) of 300; nothing was saved", status_text(page))
-    assert match and 3 <= int(match.group(1)) < 300
+    status = status_text(page)
+    match = re.search(r"Cancelled after step (\d+) of 300; nothing was saved", status)
+    assert match and 3 <= int(match.group(1)) < 300, status
     assert page.locator("#result-video video").count() == 0
     assert probe.active == 0
 
@@ -300,14 +320,14 @@ def test_two_sessions_never_run_the_model_at_once(browser, server, ref_paths, pr
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(server)
         page.wait_for_selector("#refs")
-        small_job(page, ref_paths, steps=10)
+        small_job(page, ref_paths, steps=4)
         pages.append(page)
     runs_before = probe.runs
     for page in pages:
         page.locator("#generate").click()
     for page in pages:
         page.wait_for_function(VIDEO_READY)
-        assert page.locator("#history video").count() == 1  # each session keeps its own gallery
+        assert page.locator("#history img").count() == 1  # each session keeps its own gallery
         page.context.close()
     assert probe.runs - runs_before == 2
     assert probe.max_active == 1

@@ -41,8 +41,8 @@ from bindweave.ui.handlers import (
     with_memory,
 )
 
-from .conftest import SMALL
-
+# The smallest size the tiny model runs quickly: a multiple of 16 on each side, 4k + 1 frames.
+SMALL = {"height": 32, "width": 48, "num_frames": 5}
 GOOD = dict(
     prompt="a red block slides right",
     negative_prompt="blurry",
@@ -254,7 +254,9 @@ def test_generate_writes_mp4_png_settings_and_reports_every_step(pipe_loader, re
         assert kept.read_bytes() == original.read_bytes()
     assert config.model == pipe_loader.config.model
     entry = history_entry(result)
-    assert gallery_items([entry]) == [(str(result.video), result.caption)]
+    with PIL.Image.open(result.poster) as poster:
+        assert poster.size == (48, 32)
+    assert gallery_items([entry]) == [(str(result.poster), result.caption)]
 
 
 def test_the_command_line_repeats_the_run(pipe_loader, ref_paths, tmp_path):
@@ -347,8 +349,8 @@ def test_pipeline_loader_loads_once_per_memory_mode():
 
 
 def test_history_gallery_is_newest_first():
-    history = [{"video": f"{i}.mp4", "caption": f"run {i}"} for i in range(3)]
-    assert gallery_items(history) == [("2.mp4", "run 2"), ("1.mp4", "run 1"), ("0.mp4", "run 0")]
+    history = [{"poster": f"{i}.png", "caption": f"run {i}"} for i in range(3)]
+    assert gallery_items(history) == [("2.png", "run 2"), ("1.png", "run 1"), ("0.png", "run 0")]
 
 
 # ------------------------------------------------------------------------------------------ refinement

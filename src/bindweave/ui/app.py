@@ -17,6 +17,7 @@ import torch
 from ..conditioning.references import MAX_REFERENCES
 from ..conditioning.text import DEFAULT_NEGATIVE_PROMPT
 from ..default_model import DEFAULT_PROMPT
+from ..generate import resolve_device
 from .handlers import (
     CUSTOM,
     JobRegistry,
@@ -78,6 +79,7 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
     native = native_size(pipe_loader())
     presets = resolution_presets(native)
     modes = memory_modes()
+    on_gpu = resolve_device(pipe_loader.config.device).type == "cuda"
     jobs = JobRegistry()
 
     def on_preview(refs: list[str] | None, height: float | None, width: float | None):
@@ -101,10 +103,12 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
     def on_arm(request: gr.Request) -> str:
         return jobs.arm(request.session_hash or "anonymous")
 
-    def on_cancel(request: gr.Request) -> str:
+    def on_cancel(request: gr.Request) -> None:
+        # A toast, not the status line: this answer may arrive after the cancelled run's own message.
         if jobs.cancel_session(request.session_hash or "anonymous"):
-            return "Cancelling: the run stops after the current denoising step."
-        return "Nothing is running."
+            gr.Info("Cancelling: the run stops after the current denoising step.")
+        else:
+            gr.Info("Nothing is running.")
 
     def on_generate(
         job_id: str,
@@ -176,7 +180,9 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
         except (ValueError, OSError) as err:
             raise _user_error(err) from err
 
-    with gr.Blocks(title="BindWeave", analytics_enabled=False) as app:
+    # No telemetry or version check (the app must work offline); uploads and served copies older than a
+    # day are removed from Gradio's cache every hour (the results stay in out_dir).
+    with gr.Blocks(title="BindWeave", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
         gr.Markdown(
             "# BindWeave: subject-to-video\n"
             f"Upload 1 to {MAX_REFERENCES} reference images, describe what the subjects do, and generate. "
@@ -229,6 +235,9 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
                         list(modes),
                         value=pipe_loader.config.memory,
                         label="Memory mode",
+                        info="where the weights live; changing it reloads the model. The offload modes "
+                        "keep weights off the GPU, so they need one.",
+                        interactive=on_gpu,
                         elem_id="memory",
                     )
                 with gr.Row():
@@ -302,7 +311,7 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
             concurrency_id=MODEL_QUEUE,
             show_progress_on=video,
         )
-        cancel_button.click(on_cancel, outputs=status, concurrency_limit=None, show_progress="hidden")
+        cancel_button.click(on_cancel, concurrency_limit=None, show_progress="hidden")
         gallery.select(
             on_select, inputs=history, outputs=[video, strip, downloads, command, settings_json, status]
         )

@@ -35,8 +35,8 @@ import torch
 
 from ..conditioning.references import MAX_REFERENCES, ReferenceError, letterbox, load_reference
 from ..config import to_dict, to_json
-from ..generate import GenerateConfig, ModelConfig, SamplingConfig, _sampling_kwargs, load_pipeline
-from ..io.files import atomic_write_json
+from ..generate import GenerateConfig, ModelConfig, SamplingConfig, load_pipeline, sampling_kwargs
+from ..io.files import atomic_write, atomic_write_json
 from ..io.strip import write_strip
 from ..io.video import write_video
 from ..perf.config import MemoryMode
@@ -282,7 +282,7 @@ def parse_request(
         fixed_seed = _whole_number(seed, "Seed")
         if not 0 <= fixed_seed <= MAX_SEED:
             raise UIError(f"Seed must be between 0 and {MAX_SEED} (got {fixed_seed}).")
-    mode = memory or "none"
+    mode = memory or ModelConfig().memory
     if mode not in memory_modes():
         raise UIError(f"Unknown memory mode {mode!r}; choose one of {', '.join(memory_modes())}.")
     request = JobRequest(
@@ -484,7 +484,7 @@ def generate_frames(
         negative_mllm_hidden_states=config.negative_mllm_states,
         output_type="latent",
         callback_on_step_end=on_step_end,
-        **_sampling_kwargs(config),
+        **sampling_kwargs(config),
     ).frames
     if cancel.cancelled:
         return GenerationOutcome(frames=None, steps_done=steps_done, cancelled=True)
@@ -505,6 +505,7 @@ class JobResult:
     seconds: float
     video: Path | None = None
     strip: Path | None = None
+    poster: Path | None = None
     settings: Path | None = None
     command: str = ""
     settings_json: str = ""
@@ -534,6 +535,15 @@ def copy_references(paths: Sequence[Path], run_dir: Path) -> list[Path]:
         shutil.copyfile(path, target)
         copies.append(target)
     return copies
+
+
+def write_poster(frames: np.ndarray, path: Path) -> Path:
+    """The middle frame as a PNG: a gallery thumbnail (a strip is too wide for a square tile, and a
+    video tile shows only a play icon)."""
+    frame = (np.clip(frames[len(frames) // 2], 0, 1) * 255).round().astype(np.uint8)
+    with atomic_write(path) as tmp:
+        PIL.Image.fromarray(frame).save(tmp, format="PNG")
+    return path
 
 
 def run_job(
@@ -568,6 +578,7 @@ def run_job(
             )
         write_video(outcome.frames, config.out, fps=config.fps)
         strip = write_strip(references, outcome.frames, run_dir / "strip.png")
+        poster = write_poster(outcome.frames, run_dir / "poster.png")
         settings = atomic_write_json(run_dir / "settings.json", to_dict(config))
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -581,6 +592,7 @@ def run_job(
         seconds=time.perf_counter() - start,
         video=config.out,
         strip=strip,
+        poster=poster,
         settings=settings,
         command=command_line(config),
         settings_json=config_json(config),
@@ -598,6 +610,7 @@ def history_entry(result: JobResult) -> dict[str, str]:
     return {
         "video": str(result.video),
         "strip": str(result.strip),
+        "poster": str(result.poster),
         "settings": str(result.settings),
         "command": result.command,
         "settings_json": result.settings_json,
@@ -606,8 +619,8 @@ def history_entry(result: JobResult) -> dict[str, str]:
 
 
 def gallery_items(history: Sequence[dict[str, str]]) -> list[tuple[str, str]]:
-    """Newest first: (video, caption) per past result (a strip is too wide for a square gallery tile)."""
-    return [(entry["video"], entry["caption"]) for entry in reversed(history)]
+    """Newest first: (poster frame, caption) per past result."""
+    return [(entry["poster"], entry["caption"]) for entry in reversed(history)]
 
 
 # -------------------------------------------------------------------------------------- refinement
