@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,7 +172,7 @@ def test_cli_options_derive_from_the_config():
     add_arguments(parser, EvalScoreConfig)
     args = parser.parse_args(
         [
-            "--videos-dir",
+            "--videos",
             "v",
             "--manifest",
             "m.json",
@@ -186,3 +187,4 @@ def test_cli_options_derive_from_the_config():
     )
     config = from_namespace(EvalScoreConfig, args)
     assert config.metrics == ["motion_amplitude", "natural"] and config.judge_runs == 3
+    assert config.videos_dir == Path("v") and config.models_dir is None
