@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -73,3 +79,36 @@ def _generate(pipe: BindWeavePipeline, refs, states=None, steps: int = 3, **kwar
 def generate() -> Callable:
     """``generate(pipe, refs, states=None, steps=3, **call_kwargs)``: frames of one seeded tiny run."""
     return _generate
+
+
+REPO = Path(__file__).resolve().parents[2]
+WORLD = 2
+
+
+def _torchrun(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 ARGS`` on CPU; its temporary files under the repo's ignored ``.tmp/``."""
+    (REPO / ".tmp").mkdir(exist_ok=True)
+    tmpdir = tempfile.mkdtemp(prefix="torchrun-", dir=REPO / ".tmp")
+    env = {**os.environ, "TMPDIR": tmpdir, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    # --standalone: a free local port for the rendezvous (other jobs on this machine may hold 29500).
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(WORLD),
+        *args,
+    ]
+    try:
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def torchrun() -> Callable[..., subprocess.CompletedProcess]:
+    """``torchrun(args, cwd)``: run ``args`` under ``torchrun --nproc_per_node 2`` on CPU (gloo)."""
+    return _torchrun

@@ -57,21 +57,28 @@ def test_flops_of_the_released_model_at_720p():
     assert batched.total == 2 * flops.total
 
 
-def test_random_materialisation_matches_a_normally_built_model():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_random_materialisation_matches_a_normally_built_model(dtype):
     kwargs = tiny_transformer_kwargs()
-    model = random_transformer(kwargs, torch.device("cpu"), torch.float32)
+    model = random_transformer(kwargs, torch.device("cpu"), dtype)
     reference = BindWeaveTransformer3DModel(**kwargs)
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     assert torch.equal(model.rope.freqs_cos, reference.rope.freqs_cos)
+    # The dtypes from_pretrained gives: float32 where diffusers keeps it, ``dtype`` elsewhere.
+    assert model.blocks[0].scale_shift_table.dtype == torch.float32
+    assert model.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    assert model.blocks[0].attn1.to_q.weight.dtype == dtype
     g = torch.Generator().manual_seed(0)
     c = model.config
     out = model(
-        hidden_states=torch.randn(1, 16, 2, 4, 6, generator=g),
+        hidden_states=torch.randn(1, 16, 2, 4, 6, generator=g).to(dtype),
         timestep=torch.tensor([10.0]),
-        encoder_hidden_states=torch.randn(1, 512, c.text_dim, generator=g),
-        encoder_hidden_states_image=torch.randn(1, 4 * c.image_context_tokens, c.image_dim, generator=g),
-        mllm_hidden_states=torch.randn(1, 5, c.mllm_dim, generator=g),
-        condition=torch.randn(1, 20, 6, 4, 6, generator=g),
+        encoder_hidden_states=torch.randn(1, 512, c.text_dim, generator=g).to(dtype),
+        encoder_hidden_states_image=torch.randn(1, 4 * c.image_context_tokens, c.image_dim, generator=g).to(
+            dtype
+        ),
+        mllm_hidden_states=torch.randn(1, 5, c.mllm_dim, generator=g).to(dtype),
+        condition=torch.randn(1, 20, 6, 4, 6, generator=g).to(dtype),
         return_dict=False,
     )[0]
     assert torch.isfinite(out).all()

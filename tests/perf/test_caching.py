@@ -83,17 +83,17 @@ def test_cache_state_is_kept_per_cfg_branch(make_pipe, refs, mllm_states, genera
     pipe = make_pipe()
     ratios = {
         branch: calibrate_mag_ratios(
-            pipe.transformer, lambda: generate(pipe, refs, mllm_states, steps=STEPS), branch=branch
+            pipe.transformer, lambda: generate(pipe, refs, mllm_states, steps=3), branch=branch
         )
         for branch in ("cond", "uncond")
     }
-    assert len(ratios["cond"]) == len(ratios["uncond"]) == STEPS
+    assert len(ratios["cond"]) == len(ratios["uncond"]) == 3
     assert ratios["cond"] != ratios["uncond"]
     pipe.enable_batched_cfg()
     batched = calibrate_mag_ratios(
-        pipe.transformer, lambda: generate(pipe, refs, mllm_states, steps=STEPS), branch="cond_uncond"
+        pipe.transformer, lambda: generate(pipe, refs, mllm_states, steps=3), branch="cond_uncond"
     )
-    assert len(batched) == STEPS
+    assert len(batched) == 3
 
 
 def test_a_run_starts_from_an_empty_cache_state(make_pipe, refs, mllm_states, generate):

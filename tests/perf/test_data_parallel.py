@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,6 @@ import pytest
 from bindweave import cli, generate
 from bindweave.default_model import build_tiny_random_pipeline
 
-REPO = Path(__file__).resolve().parents[2]
 WORLD = 2
 IDS = ["case_a", "case_b", "case_c", "case_d"]
 
@@ -43,16 +39,7 @@ def job(tmp_path_factory) -> tuple[Path, list[str]]:
     return root / "out", args
 
 
-def torchrun(args: list[str], cwd: Path) -> None:
-    tmpdir = REPO / ".tmp"  # gitignored
-    tmpdir.mkdir(exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(tmpdir), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), *args]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
-def test_torchrun_generates_each_entry_once_and_resumes(job, monkeypatch):
+def test_torchrun_generates_each_entry_once_and_resumes(job, monkeypatch, torchrun):
     out, args = job
     torchrun(args, out.parent)
     assert sorted(p.name for p in out.glob("*.mp4")) == [f"{i}.mp4" for i in IDS]

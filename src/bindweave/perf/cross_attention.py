@@ -90,6 +90,8 @@ class ContextKVCache:
     """
 
     def __init__(self, max_contexts: int = 4):
+        if max_contexts < 1:
+            raise ValueError(f"max_contexts must be >= 1, got {max_contexts}")
         self.max_contexts = max_contexts
         self._entries: list[_CacheEntry] = []
         self.hits = 0
@@ -105,7 +107,7 @@ class ContextKVCache:
                 entry.last_seen = weakref.ref(context)
                 return entry.kv
         entry = _CacheEntry(context=context.detach().clone(), last_seen=weakref.ref(context))
-        self._entries = [*self._entries[-(self.max_contexts - 1) :], entry]
+        self._entries = [*self._entries, entry][-self.max_contexts :]
         return entry.kv
 
 
