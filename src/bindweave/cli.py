@@ -20,6 +20,7 @@ from .generate import (
     run_generate,
     run_manifest,
 )
+from .perf.bench import BenchConfig, run_bench
 from .refine import RefineConfig, run_refine
 from .training.config import PrecomputeConfig
 from .training.precompute import run_precompute
@@ -80,6 +81,12 @@ COMMANDS = [
         "train or fine-tune BindWeave from a config (torchrun for FSDP2)",
         TrainCommandConfig,
         run_train_command,
+    ),
+    Command(
+        "bench",
+        "benchmark the DiT and the pipeline against stock Wan (prints the figures)",
+        BenchConfig,
+        run_bench,
     ),
     Command("ui", "serve the subject-to-video web app on 127.0.0.1 (needs the 'ui' extra)", UIConfig, run_ui),
     Command(

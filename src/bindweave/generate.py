@@ -41,8 +41,8 @@ Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 
 
 @dataclass(kw_only=True)
-class ModelConfig(PerfConfig):
-    """Which weights to load, where to run them, and how fast and lean (:class:`PerfConfig`)."""
+class WeightsConfig:
+    """Which weights to load and where to run them."""
 
     model: Path | None = field(
         None, help="a saved BindWeavePipeline folder (default: the embedded default model)"
@@ -56,6 +56,24 @@ class ModelConfig(PerfConfig):
     )
     dtype: Dtype = field("auto", help="weights dtype; auto = bfloat16 on CUDA, float32 on CPU")
     device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
+
+    def check_folders(self) -> None:
+        """Every named weights folder exists, checked before anything is loaded."""
+        if (self.wan is None) != (self.transformer is None):
+            raise ValueError(
+                "--wan and --transformer go together (the released Wan I2V and BindWeave folders)"
+            )
+        if self.wan is not None and self.model is not None:
+            raise ValueError("give either --model or --wan/--transformer, not both")
+        for name in ("model", "wan", "transformer", "mllm"):
+            folder = getattr(self, name)
+            if folder is not None and not Path(folder).is_dir():
+                raise FileNotFoundError(f"--{name} {folder}: no such folder")
+
+
+@dataclass(kw_only=True)
+class ModelConfig(WeightsConfig, PerfConfig):
+    """Which weights to load, where to run them, and how fast and lean (:class:`PerfConfig`)."""
 
 
 @dataclass(kw_only=True)
@@ -111,7 +129,7 @@ class RunManifestConfig(ModelConfig, SamplingConfig):
 
 
 @dataclass(kw_only=True)
-class ExtractMLLMConfig(ModelConfig):
+class ExtractMLLMConfig(WeightsConfig):
     manifest: Path = field(help="test_case.json-format manifest")
     images_dir: Path = field(help="folder the manifest's img_paths are relative to")
     out: Path = field(help="output folder for <id>_hidden_states.pt / <id>_hidden_states_negative.pt")
@@ -146,10 +164,7 @@ def load_pipeline(config: ModelConfig):
     from .pipeline import BindWeavePipeline
 
     config.validate_perf()  # before any weights are read
-    if (config.wan is None) != (config.transformer is None):
-        raise ValueError("--wan and --transformer go together (the released Wan I2V and BindWeave folders)")
-    if config.wan is not None and config.model is not None:
-        raise ValueError("give either --model or --wan/--transformer, not both")
+    config.check_folders()
     distributed = init_distributed() if config.context_parallel != "none" else None
     device = distributed.device if distributed is not None else resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -199,7 +214,8 @@ def run_generate(config: GenerateConfig) -> Path:
         negative_mllm_hidden_states=config.negative_mllm_states,
         **sampling_kwargs(config),
     ).frames[0]
-    write_video(frames, config.out, fps=config.fps)
+    if _writes_outputs(config):
+        write_video(frames, config.out, fps=config.fps)
     logger.info("wrote %s", config.out)
     return config.out
 
@@ -218,6 +234,11 @@ def _refined_prompt(config: GenerateConfig, pipe, references) -> str:
     if result.accepted:
         logger.info("refined prompt: %s", result.prompt)
     return result.prompt
+
+
+def _writes_outputs(config: ModelConfig) -> bool:
+    """Under context parallelism every rank holds the same video: only rank 0 writes it."""
+    return config.context_parallel == "none" or int(os.environ.get("RANK", 0)) == 0
 
 
 def shard_of(items: list, rank: int | None = None, world_size: int | None = None) -> list:
@@ -239,7 +260,9 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
     ensure_writable_dir(config.out / "probe.mp4")
     # Every image is checked before hours of generation start.
     images = {entry_id: resolve_images(entry, config.images_dir) for entry_id, entry in entries.items()}
-    todo = [e for e in shard_of(list(entries.values())) if not (config.out / f"{e.id}.mp4").is_file()]
+    # Data parallel: each rank takes its share. Context parallel: all ranks make every video together.
+    share = list(entries.values()) if config.context_parallel != "none" else shard_of(list(entries.values()))
+    todo = [e for e in share if not (config.out / f"{e.id}.mp4").is_file()]
     logger.info("%d of %d entries to generate in %s", len(todo), len(entries), config.out)
     if not todo:
         return []
@@ -255,9 +278,10 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
             negative_mllm_hidden_states=negative,
             **sampling_kwargs(config),
         ).frames[0]
-        written.append(write_video(frames, config.out / f"{entry.id}.mp4", fps=config.fps))
         seconds[entry.id] = round(time.perf_counter() - start, 3)
-        _write_run_record(config, pipe, seconds)
+        if _writes_outputs(config):
+            written.append(write_video(frames, config.out / f"{entry.id}.mp4", fps=config.fps))
+            _write_run_record(config, pipe, seconds)
     return written
 
 
@@ -333,12 +357,13 @@ def run_extract_mllm(config: ExtractMLLMConfig) -> Path:
     return out_manifest
 
 
-def _load_mllm(config: ModelConfig):
+def _load_mllm(config: WeightsConfig):
     """Only the MLLM and its processor: from --mllm, else from a pipeline folder's subfolders."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from .default_model import default_model_path
 
+    config.check_folders()
     if config.mllm is not None:
         model_dir = processor_dir = config.mllm
     else:

@@ -219,7 +219,9 @@ class BindWeavePipeline(DiffusionPipeline):
         self, prompt: str, negative_prompt: str, do_cfg: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         prompts = [prompt, negative_prompt] if do_cfg else [prompt]
-        states = encode_t5(self.tokenizer, self.text_encoder, prompts)  # (1 or 2, 512, text_dim)
+        states = encode_t5(
+            self.tokenizer, self.text_encoder, prompts, device=self._execution_device
+        )  # (1 or 2, 512, text_dim)
         return states[:1], (states[1:] if do_cfg else None)
 
     def encode_mllm_states(
@@ -242,7 +244,9 @@ class BindWeavePipeline(DiffusionPipeline):
                     f"{name} were not given and the pipeline has no mllm / mllm_processor to compute them"
                 )
             return load_mllm_states(
-                encode_mllm(self.mllm, self.mllm_processor, text, images), mllm_dim, name=name
+                encode_mllm(self.mllm, self.mllm_processor, text, images, self._execution_device),
+                mllm_dim,
+                name=name,
             )
 
         positive = states_for(mllm_hidden_states, prompt, "mllm_hidden_states")
@@ -259,7 +263,7 @@ class BindWeavePipeline(DiffusionPipeline):
             mean=self.image_processor.image_mean,
             std=self.image_processor.image_std,
         )  # (N, 3, 224, 224)
-        features = encode_clip(self.image_encoder, pixels)  # (N, 257, 1280)
+        features = encode_clip(self.image_encoder, pixels, self._execution_device)  # (N, 257, 1280)
         if features.shape[1] != self.transformer.config.image_context_tokens:
             raise ValueError(
                 f"the image encoder gives {features.shape[1]} tokens per image but the transformer's "
@@ -271,14 +275,16 @@ class BindWeavePipeline(DiffusionPipeline):
         self, boxes: list[Letterboxed], num_frames: int, height: int, width: int
     ) -> torch.Tensor:
         canvases = torch.stack([b.canvas for b in boxes])  # (N, 3, H, W)
-        latents = encode_references(self.vae, canvases)  # (N, z, 1, h, w)
+        latents = encode_references(self.vae, canvases, self._execution_device)  # (N, z, 1, h, w)
         slots = reference_slots(
             latents, torch.stack([b.mask for b in boxes]), self.transformer.config.num_reference_slots
         )
         # The grey-video part depends only on the size: encode it once per size.
         key = (num_frames, height, width, self.vae.device, self.vae.dtype)
         if key not in self._zero_video_cache:
-            self._zero_video_cache = {key: zero_video_condition(self.vae, num_frames, height, width)}
+            self._zero_video_cache = {
+                key: zero_video_condition(self.vae, num_frames, height, width, self._execution_device)
+            }
         return build_condition(slots, self._zero_video_cache[key])  # (1, 4+z, 4+F', h, w)
 
     def prepare_latents(

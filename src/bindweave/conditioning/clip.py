@@ -31,10 +31,16 @@ def clip_pixel_values(
 
 
 @torch.no_grad()
-def encode_clip(image_encoder: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Penultimate hidden states of a CLIP vision tower: ``(N, tokens, dim)`` (257 x 1280 for ViT-H/14)."""
+def encode_clip(
+    image_encoder: torch.nn.Module, pixel_values: torch.Tensor, device: torch.device | None = None
+) -> torch.Tensor:
+    """Penultimate hidden states of a CLIP vision tower: ``(N, tokens, dim)`` (257 x 1280 for ViT-H/14).
+
+    ``device``: where the encoder runs (default: where its weights are).
+    """
     param = next(image_encoder.parameters())
-    output = image_encoder(pixel_values=pixel_values.to(param.device, param.dtype), output_hidden_states=True)
+    pixel_values = pixel_values.to(device or param.device, param.dtype)
+    output = image_encoder(pixel_values=pixel_values, output_hidden_states=True)
     return output.hidden_states[-2]
 
 

@@ -41,16 +41,23 @@ def denormalize_latents(latents: torch.Tensor, vae: AutoencoderKLWan) -> torch.T
 
 
 @torch.no_grad()
-def encode_video(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, F, H, W)`` pixels in [-1, 1] -> ``(B, z, F', h, w)`` normalised latents (posterior mode)."""
+def encode_video(
+    vae: AutoencoderKLWan, video: torch.Tensor, device: torch.device | None = None
+) -> torch.Tensor:
+    """``(B, 3, F, H, W)`` pixels in [-1, 1] -> ``(B, z, F', h, w)`` normalised latents (posterior mode).
+
+    ``device``: where the VAE runs (default: where its weights are; pass it when offloading hooks move them).
+    """
     param = next(vae.parameters())
-    latents = vae.encode(video.to(param.device, param.dtype)).latent_dist.mode()
+    latents = vae.encode(video.to(device or param.device, param.dtype)).latent_dist.mode()
     return normalize_latents(latents.float(), vae)
 
 
-def encode_references(vae: AutoencoderKLWan, canvases: torch.Tensor) -> torch.Tensor:
+def encode_references(
+    vae: AutoencoderKLWan, canvases: torch.Tensor, device: torch.device | None = None
+) -> torch.Tensor:
     """``(N, 3, H, W)`` canvases in [0, 1], each encoded alone as a one-frame video -> ``(N, z, 1, h, w)``."""
-    return encode_video(vae, canvases[:, :, None] * 2.0 - 1.0)
+    return encode_video(vae, canvases[:, :, None] * 2.0 - 1.0, device)
 
 
 def reference_slots(latents: torch.Tensor, masks: torch.Tensor, num_slots: int) -> torch.Tensor:
@@ -74,15 +81,17 @@ def reference_slots(latents: torch.Tensor, masks: torch.Tensor, num_slots: int) 
     return slots
 
 
-def zero_video_condition(vae: AutoencoderKLWan, num_frames: int, height: int, width: int) -> torch.Tensor:
+def zero_video_condition(
+    vae: AutoencoderKLWan, num_frames: int, height: int, width: int, device: torch.device | None = None
+) -> torch.Tensor:
     """The video part of ``y``: an all-zero (mid-grey) video's latents with zero masks.
 
     Returns ``(4 + z, F', h, w)``. The causal VAE makes each latent frame differ, so it is encoded for real.
     """
     latent_frame_count(num_frames)
     param = next(vae.parameters())
-    video = torch.zeros(1, 3, num_frames, height, width, device=param.device, dtype=param.dtype)
-    latents = encode_video(vae, video)[0]  # (z, F', h, w)
+    video = torch.zeros(1, 3, num_frames, height, width, device=device or param.device, dtype=param.dtype)
+    latents = encode_video(vae, video, device)[0]  # (z, F', h, w)
     masks = latents.new_zeros(MASK_CHANNELS, *latents.shape[1:])
     return torch.cat([masks, latents], dim=0)
 

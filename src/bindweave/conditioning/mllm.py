@@ -78,13 +78,20 @@ def mllm_inputs(processor: ProcessorMixin, prompt: str, images: Sequence[PIL.Ima
 
 @torch.no_grad()
 def encode_mllm(
-    mllm: torch.nn.Module, processor: ProcessorMixin, prompt: str, images: Sequence[PIL.Image.Image]
+    mllm: torch.nn.Module,
+    processor: ProcessorMixin,
+    prompt: str,
+    images: Sequence[PIL.Image.Image],
+    device: torch.device | None = None,
 ):
-    """``(1, L, hidden)`` pre-final-norm states of the last decoder layer, for one prompt + references."""
+    """``(1, L, hidden)`` pre-final-norm states of the last decoder layer, for one prompt + references.
+
+    ``device``: where the MLLM runs (default: where its weights are; pass it when offloading hooks move them).
+    """
     inputs = mllm_inputs(processor, prompt, images)
     model = getattr(mllm, "model", mllm)  # Qwen2_5_VLModel: the LM head is not needed
     param = next(model.parameters())
-    inputs = {k: v.to(param.device) for k, v in inputs.items()}
+    inputs = {k: v.to(device or param.device) for k, v in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(param.dtype)
 

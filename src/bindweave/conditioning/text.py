@@ -22,11 +22,13 @@ def encode_t5(
     text_encoder: torch.nn.Module,
     prompts: str | list[str],
     max_length: int = T5_MAX_TOKENS,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """``prompts`` -> ``(B, max_length, dim)`` umT5 encoder states.
 
     Prompts are cleaned as Wan does (ftfy, HTML unescape, whitespace collapse) and truncated to
-    ``max_length`` tokens; positions past each prompt's real length are exactly zero.
+    ``max_length`` tokens; positions past each prompt's real length are exactly zero. ``device`` is where
+    the encoder runs (default: where its weights are; pass it when offloading hooks move them).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     tokens = tokenizer(
@@ -38,7 +40,7 @@ def encode_t5(
         return_attention_mask=True,
         return_tensors="pt",
     )
-    device = next(text_encoder.parameters()).device
+    device = device or next(text_encoder.parameters()).device
     mask = tokens.attention_mask.to(device)
     states = text_encoder(tokens.input_ids.to(device), attention_mask=mask).last_hidden_state  # (B, 512, D)
     return states * mask[..., None].to(states.dtype)

@@ -96,13 +96,6 @@ class PerfConfig:
             raise ValueError(
                 "--context-parallel keeps the DiT on every rank's GPU: use it with --memory none"
             )
-        if self.memory == "sequential":
-            # diffusers parks every weight on the meta device; the conditioning encoders still take their
-            # input device from their first parameter (bindweave.conditioning), so they would get meta inputs.
-            raise ValueError(
-                "--memory sequential is not available yet (the conditioning encoders need the execution "
-                "device passed explicitly); --memory group-offload saves nearly as much memory"
-            )
 
     def step_cache_spec(self) -> StepCacheSpec | None:
         from .caching import StepCacheSpec, load_mag_ratios

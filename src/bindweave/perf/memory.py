@@ -53,6 +53,10 @@ def apply_memory_mode(pipe: DiffusionPipeline, mode: MemoryMode, device: torch.d
     elif mode == "model-offload":
         pipe.enable_model_cpu_offload(device=device)
     elif mode == "sequential":
+        if device.type == "cpu":
+            # accelerate's sequential offload moves weights between the CPU and an accelerator; with both
+            # on the CPU its hooks fail inside transformers' models.
+            raise ValueError("--memory sequential needs an accelerator (cuda); on a CPU use --memory none")
         pipe.enable_sequential_cpu_offload(device=device)
     elif mode == "group-offload":
         _group_offload(pipe, device)
