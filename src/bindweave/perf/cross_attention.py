@@ -15,9 +15,9 @@ only, never on the timestep or the video tokens.
    tokens: :class:`ContextPadding` says where the padding rows are and the text-branch attention drops them
    per sample. Everything else (self-attention, FFN, projections) runs on the batch of 2.
 
-:class:`FastBindWeaveAttnProcessor` computes exactly what
-:class:`~bindweave.models.attention.BindWeaveAttnProcessor` does (bitwise, tested) when neither option is
-active; :func:`install_fast_cross_attention` swaps it into every block through diffusers' ``set_processor``.
+:class:`FastBindWeaveAttnProcessor` overrides only the base processor's ``context_kv`` and
+``text_attention``, so it computes exactly what :class:`~bindweave.models.attention.BindWeaveAttnProcessor`
+does (bitwise, tested) when neither option is active; :func:`install_fast_cross_attention` swaps it into every block through diffusers' ``set_processor``.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.transformers.transformer_wan import WanAttention, _get_added_kv_projections
+from diffusers.models.transformers.transformer_wan import WanAttention
 
-from ..models.attention import BindWeaveAttnProcessor
+from ..models.attention import BindWeaveAttnProcessor, ContextKV
 from ..models.transformer import BindWeaveTransformer3DModel
 
 __all__ = [
@@ -44,16 +44,6 @@ __all__ = [
     "install_fast_cross_attention",
     "padded_context",
 ]
-
-
-@dataclass(frozen=True)
-class ContextKV:
-    """One block's cross-attention keys and values of one context, each ``(B, T, H, Dh)``."""
-
-    text_key: torch.Tensor  # (B, T_text, H, Dh), after norm_k
-    text_value: torch.Tensor  # (B, T_text, H, Dh)
-    image_key: torch.Tensor  # (B, T_image, H, Dh), after norm_added_k
-    image_value: torch.Tensor  # (B, T_image, H, Dh)
 
 
 @dataclass(frozen=True)
@@ -133,78 +123,23 @@ class FastBindWeaveAttnProcessor(BindWeaveAttnProcessor):
         self.kv_cache: ContextKVCache | None = None
         self.context_padding: ContextPadding | None = None
 
-    def __call__(
-        self,
-        attn: WanAttention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        context = self._checked_context(attn, encoder_hidden_states, attention_mask)  # (B, T, D)
-        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # (B, N, H, Dh)
-        kv = self._context_kv(attn, context)
-
-        # Cross-attention is never sequence-parallel: every rank holds the whole context.
-        out_image = dispatch_attention_fn(
-            query, kv.image_key, kv.image_value, backend=self._attention_backend, parallel_config=None
-        )  # (B, N, H, Dh)
-        out_text = self._text_attention(query, kv)  # (B, N, H, Dh)
-        hidden_states = out_text.flatten(2, 3).type_as(query) + out_image.flatten(2, 3).type_as(query)
-
-        hidden_states = attn.to_out[0](hidden_states)
-        return attn.to_out[1](hidden_states)  # (B, N, D)
-
-    def _checked_context(
-        self, attn: WanAttention, context: torch.Tensor | None, attention_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        if context is None or attn.add_k_proj is None:
-            raise ValueError(
-                "FastBindWeaveAttnProcessor is a cross-attention processor for blocks with added K/V"
-            )
-        if attention_mask is not None:
-            raise ValueError("BindWeave's cross-attention uses no attention mask (spec 2.7)")
-        if context.shape[1] <= self.image_context_tokens:
-            raise ValueError(
-                f"cross-attention context has {context.shape[1]} tokens; expected more than the "
-                f"{self.image_context_tokens} image-branch tokens"
-            )
-        return context
-
-    def _context_kv(self, attn: WanAttention, context: torch.Tensor) -> ContextKV:
+    def context_kv(self, attn: WanAttention, context: torch.Tensor) -> ContextKV:
+        """The base projections, reused from :attr:`kv_cache` for a context seen before in this run."""
         if self.kv_cache is None:
-            return self._project_context(attn, context)
+            return super().context_kv(attn, context)
         stored = self.kv_cache.projections(context)
         if self.block_index in stored:
             self.kv_cache.hits += 1
         else:
             self.kv_cache.misses += 1
-            stored[self.block_index] = self._project_context(attn, context)
+            stored[self.block_index] = super().context_kv(attn, context)
         return stored[self.block_index]
 
-    def _project_context(self, attn: WanAttention, context: torch.Tensor) -> ContextKV:
-        """The stock Wan projections: text branch after the split, image branch before it (spec 2.7)."""
-        image_context = context[:, : self.image_context_tokens]  # (B, 257, D)
-        text_context = context[:, self.image_context_tokens :]  # (B, (slots-1)*257 + L + 512, D)
-        if attn.fused_projections:
-            key, value = attn.to_kv(text_context).chunk(2, dim=-1)
-        else:
-            key, value = attn.to_k(text_context), attn.to_v(text_context)
-        image_key, image_value = _get_added_kv_projections(attn, image_context)
-        return ContextKV(
-            text_key=attn.norm_k(key).unflatten(2, (attn.heads, -1)),
-            text_value=value.unflatten(2, (attn.heads, -1)),
-            image_key=attn.norm_added_k(image_key).unflatten(2, (attn.heads, -1)),
-            image_value=image_value.unflatten(2, (attn.heads, -1)),
-        )
-
-    def _text_attention(self, query: torch.Tensor, kv: ContextKV) -> torch.Tensor:
+    def text_attention(self, query: torch.Tensor, kv: ContextKV) -> torch.Tensor:
         """Text-branch attention; with padding, each sample attends to its own real tokens only."""
-        key, value = kv.text_key, kv.text_value  # (B, T_text, H, Dh)
         if self.context_padding is None:
-            return dispatch_attention_fn(
-                query, key, value, backend=self._attention_backend, parallel_config=None
-            )
+            return super().text_attention(query, kv)
+        key, value = kv.text_key, kv.text_value  # (B, T_text, H, Dh)
         padding = self.context_padding
         if len(padding.starts) != query.shape[0]:
             raise ValueError(
