@@ -279,8 +279,8 @@ class BindWeavePipeline(DiffusionPipeline):
         slots = reference_slots(
             latents, torch.stack([b.mask for b in boxes]), self.transformer.config.num_reference_slots
         )
-        # The grey-video part depends only on the size: encode it once per size.
-        key = (num_frames, height, width, self.vae.device, self.vae.dtype)
+        # The grey-video part depends only on the size: encode it once per size (the VAE is frozen).
+        key = (num_frames, height, width, self._execution_device, self.vae.dtype)
         if key not in self._zero_video_cache:
             self._zero_video_cache = {
                 key: zero_video_condition(self.vae, num_frames, height, width, self._execution_device)
