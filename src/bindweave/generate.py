@@ -34,6 +34,7 @@ from .io.manifest import (
 )
 from .io.video import write_video
 from .perf.config import PerfConfig, apply_perf_config
+from .refine import RefineOptions, refine_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class SamplingConfig:
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(ModelConfig, SamplingConfig):
+class GenerateConfig(ModelConfig, SamplingConfig, RefineOptions):
     refs: list[Path] = field(help="1-4 reference images, in order")
     prompt: str = field(help="what the subjects do")
     out: Path = field(help="output .mp4 path")
@@ -112,13 +113,6 @@ class GenerateConfig(ModelConfig, SamplingConfig):
         None, help="precomputed MLLM states (.pt, released format) for the prompt"
     )
     negative_mllm_states: Path | None = field(None, help="precomputed MLLM states for the negative prompt")
-    refine: Literal["none", "local", "endpoint"] = field(
-        "none",
-        help="rewrite the prompt from the references first: with the pipeline's Qwen2.5-VL or an endpoint",
-    )
-    refine_endpoint: str | None = field(None, help="OpenAI-compatible base URL for --refine endpoint")
-    refine_model: str = field("gpt-4o", help="model name for --refine endpoint")
-    refine_api_key_env: str = field("OPENAI_API_KEY", help="environment variable with the endpoint's API key")
 
 
 @dataclass(kw_only=True)
@@ -203,10 +197,9 @@ def run_generate(config: GenerateConfig) -> Path:
     config.validate()
     _check_mp4_path(config.out)
     references = load_references(config.refs)  # fail on a bad image before loading any model
-    if config.refine == "endpoint" and not config.refine_endpoint:
-        raise ValueError("--refine endpoint needs --refine-endpoint URL")
+    config.check_refine()
     pipe = load_pipeline(config)
-    prompt = _refined_prompt(config, pipe, references) if config.refine != "none" else config.prompt
+    prompt = _refined_prompt(config, pipe, references)
     frames = pipe(
         prompt,
         references,
@@ -222,14 +215,9 @@ def run_generate(config: GenerateConfig) -> Path:
 
 def _refined_prompt(config: GenerateConfig, pipe, references) -> str:
     """Spec 5's optional first step; an unusable answer keeps the user's prompt (with a warning)."""
-    from .refine import EndpointRefiner, LocalQwenRefiner, refine_prompt
-
-    if config.refine == "local":
-        if pipe.mllm is None:
-            raise ValueError("--refine local needs the pipeline's Qwen2.5-VL (give --mllm)")
-        refiner = LocalQwenRefiner(pipe.mllm, pipe.mllm_processor)
-    else:
-        refiner = EndpointRefiner(config.refine_endpoint, config.refine_model, config.refine_api_key_env)
+    refiner = config.make_refiner(pipe)
+    if refiner is None:
+        return config.prompt
     result = refine_prompt(refiner, config.prompt, references)
     if result.accepted:
         logger.info("refined prompt: %s", result.prompt)

@@ -37,6 +37,7 @@ __all__ = [
     "LocalQwenRefiner",
     "PromptRefiner",
     "RefineConfig",
+    "RefineOptions",
     "RefineResult",
     "check_refinement",
     "refine_prompt",
@@ -207,6 +208,35 @@ def refine_prompt(refiner: PromptRefiner, prompt: str, images: Sequence[Image.Im
         )
         return RefineResult(prompt, False, problem)
     return RefineResult(cleaned, True)
+
+
+@dataclass(kw_only=True)
+class RefineOptions:
+    """Refinement as an optional first step of a generation job (``generate``, ``ui``)."""
+
+    refine: Literal["none", "local", "endpoint"] = field(
+        "none",
+        help="rewrite the prompt from the references first: with the pipeline's Qwen2.5-VL or an endpoint",
+    )
+    refine_endpoint: str | None = field(None, help="OpenAI-compatible base URL for --refine endpoint")
+    refine_model: str = field("gpt-4o", help="model name for --refine endpoint")
+    refine_api_key_env: str = field("OPENAI_API_KEY", help="environment variable with the endpoint's API key")
+
+    def check_refine(self) -> None:
+        """The refinement options that need no model, checked before any weights are loaded."""
+        if self.refine == "endpoint" and not self.refine_endpoint:
+            raise ValueError("--refine endpoint needs --refine-endpoint URL")
+
+    def make_refiner(self, pipe) -> PromptRefiner | None:
+        """The configured refiner (``None`` when off); the local one borrows ``pipe``'s Qwen2.5-VL."""
+        self.check_refine()
+        if self.refine == "none":
+            return None
+        if self.refine == "endpoint":
+            return EndpointRefiner(self.refine_endpoint, self.refine_model, self.refine_api_key_env)
+        if pipe.mllm is None or pipe.mllm_processor is None:
+            raise ValueError("--refine local needs the pipeline's Qwen2.5-VL (give --mllm)")
+        return LocalQwenRefiner(pipe.mllm, pipe.mllm_processor)
 
 
 # ------------------------------------------------------------------------------------------------ runner

@@ -11,11 +11,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..config import field
 from ..generate import ModelConfig
-from ..refine import PromptRefiner
+from ..refine import PromptRefiner, RefineOptions
 from .handlers import PipelineLoader, UIError, model_config_of
 
 logger = logging.getLogger(__name__)
@@ -25,20 +25,13 @@ INSTALL_HINT = "the web app needs the optional extra: pip install 'bindweave[ui]
 
 
 @dataclass(kw_only=True)
-class UIConfig(ModelConfig):
+class UIConfig(ModelConfig, RefineOptions):
     """Serve the subject-to-video web app (model options as for ``bindweave generate``)."""
 
     host: str = field("127.0.0.1", help="address to listen on; 0.0.0.0 exposes the app to the network")
     port: int = field(7860, help="port to listen on")
     share: bool = field(False, help="also open a public Gradio share link (off: the app stays local)")
     out: Path = field(Path("outputs/ui"), help="folder for the results (one subfolder per run)")
-    refine: Literal["none", "local", "endpoint"] = field(
-        "none",
-        help="show a 'Refine prompt' button: with the pipeline's Qwen2.5-VL (local) or an endpoint",
-    )
-    refine_endpoint: str | None = field(None, help="OpenAI-compatible base URL for --refine endpoint")
-    refine_model: str = field("gpt-4o", help="model name for --refine endpoint")
-    refine_api_key_env: str = field("OPENAI_API_KEY", help="environment variable with the endpoint's API key")
 
 
 RefinerFactory = Callable[[], PromptRefiner]
@@ -50,24 +43,17 @@ def make_refiner(config: UIConfig, pipe_loader: PipelineLoader) -> RefinerFactor
     A factory, not a refiner: the local backend borrows the loaded pipeline's MLLM, which is only known
     once the pipeline is loaded in the chosen memory mode.
     """
-    if config.refine == "endpoint":
-        if not config.refine_endpoint:
-            raise ValueError("--refine endpoint needs --refine-endpoint URL")
-        from ..refine import EndpointRefiner
+    if config.refine == "none":
+        return None
+    config.check_refine()
 
-        refiner = EndpointRefiner(config.refine_endpoint, config.refine_model, config.refine_api_key_env)
-        return lambda: refiner
-    if config.refine == "local":
-        from ..refine import LocalQwenRefiner
+    def factory() -> PromptRefiner:
+        try:
+            return config.make_refiner(pipe_loader())
+        except ValueError as err:  # shown in the page
+            raise UIError(str(err)) from err
 
-        def local() -> PromptRefiner:
-            pipe = pipe_loader()
-            if pipe.mllm is None or pipe.mllm_processor is None:
-                raise UIError("The loaded pipeline has no MLLM to refine with; start the app with --mllm.")
-            return LocalQwenRefiner(pipe.mllm, pipe.mllm_processor)
-
-        return local
-    return None
+    return factory
 
 
 def _require_gradio() -> Any:
