@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bindweave._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -16,7 +17,4 @@ _EXPORTS = {"BindWeavePipeline": "pipeline", "BindWeaveTransformer3DModel": "mod
 __all__ = ["BindWeavePipeline", "BindWeaveTransformer3DModel"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -5,8 +5,9 @@ Names are imported lazily so that using only the tokenizers does not pull in dif
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bindweave._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from bindweave.testing.release import ReleaseFolders, build_tiny_release, tiny_transformer_kwargs
@@ -35,7 +36,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -10,8 +10,9 @@ Names are imported lazily so that ``import bindweave.training`` stays cheap for 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bindweave._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from bindweave.training.config import ConfigError, PrecomputeConfig, TrainConfig, load_train_config
@@ -41,7 +42,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
