@@ -26,22 +26,19 @@ def tiny_release(tmp_path_factory) -> ReleaseFolders:
     return build_tiny_release(tmp_path_factory.mktemp("perf-release"))
 
 
-@pytest.fixture
+def tiny_pipe(release: ReleaseFolders) -> BindWeavePipeline:
+    """A fresh float32 pipeline from the tiny release (offloading and hooks change it in place)."""
+    pipe = BindWeavePipeline.from_released(
+        release.wan, release.transformer, release.mllm, torch_dtype=torch.float32, **tiny_transformer_kwargs()
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
 def make_pipe(tiny_release) -> Callable[[], BindWeavePipeline]:
-    """A fresh float32 pipeline (offloading and hooks change it in place)."""
-
-    def make() -> BindWeavePipeline:
-        pipe = BindWeavePipeline.from_released(
-            tiny_release.wan,
-            tiny_release.transformer,
-            tiny_release.mllm,
-            torch_dtype=torch.float32,
-            **tiny_transformer_kwargs(),
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    return make
+    """A factory of fresh pipelines (each call builds a new one)."""
+    return lambda: tiny_pipe(tiny_release)
 
 
 @pytest.fixture(scope="session")

@@ -15,19 +15,9 @@ FP8_FRAME_TOLERANCE = 2e-2
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_release, refs, generate) -> np.ndarray:
+def reference(make_pipe, refs, generate) -> np.ndarray:
     """Frames of the reference placement (``none``), MLLM computed by the tiny Qwen2.5-VL."""
-    from bindweave.pipeline import BindWeavePipeline
-    from bindweave.testing import tiny_transformer_kwargs
-
-    pipe = BindWeavePipeline.from_released(
-        tiny_release.wan,
-        tiny_release.transformer,
-        tiny_release.mllm,
-        torch_dtype=torch.float32,
-        **tiny_transformer_kwargs(),
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = make_pipe()
     apply_memory_mode(pipe, "none", CPU)
     return generate(pipe, refs)
 
