@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= outputs
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean toy-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# Train the toy BindWeave from nothing (see README, "The toy world"): about 30 min on a 2-core CPU.
+# Every step resumes if interrupted. Paths match configs/toy.yaml.
+TOY := runs/toy
+toy-model: $(STAMP)
+	$(BIN)/bindweave toy data --out $(TOY)/data --num-clips 1200
+	$(BIN)/bindweave toy base --out $(TOY)/base
+	$(BIN)/bindweave precompute --config configs/toy.yaml --manifest $(TOY)/data/manifest.jsonl --output-dir $(TOY)/cache
+	$(BIN)/bindweave train configs/toy.yaml
+	$(BIN)/bindweave toy export $(TOY)/train --out $(TOY)/model
+	$(BIN)/bindweave toy-eval --model $(TOY)/model --out $(TOY)/eval
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .tmp

@@ -22,6 +22,10 @@ from .generate import (
 )
 from .perf.bench import BenchConfig, run_bench
 from .refine import RefineConfig, run_refine
+from .toy.dataset import ToyDataConfig, run_toy_data
+from .toy.evaluate import ToyEvalConfig, run_toy_eval
+from .toy.export import ToyExportConfig, run_toy_export
+from .toy.vae import ToyBaseConfig, run_toy_base
 from .training.config import PrecomputeConfig
 from .training.precompute import run_precompute
 from .ui import UIConfig, run_ui
@@ -89,6 +93,30 @@ COMMANDS = [
         run_bench,
     ),
     Command("ui", "serve the subject-to-video web app on 127.0.0.1 (needs the 'ui' extra)", UIConfig, run_ui),
+    Command(
+        "toy data",
+        "write toy-world samples: a training manifest, reference images + masks, clips, ground truth",
+        ToyDataConfig,
+        run_toy_data,
+    ),
+    Command(
+        "toy base",
+        "train the toy VAE and save the untrained toy pipeline around it (the start of toy training)",
+        ToyBaseConfig,
+        run_toy_base,
+    ),
+    Command(
+        "toy export",
+        "copy a training checkpoint to a self-contained pipeline folder",
+        ToyExportConfig,
+        run_toy_export,
+    ),
+    Command(
+        "toy-eval",
+        "benchmark a toy model against its ablations and a random model on held-out toy scenes",
+        ToyEvalConfig,
+        run_toy_eval,
+    ),
     Command(
         "extract-mllm",
         "save the MLLM states of a manifest in the released .pt format, plus a manifest copy pointing at them",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from transformers import (
     UMT5EncoderModel,
 )
 
-from bindweave.testing.tokenizers import build_qwen2_tokenizer, build_umt5_tokenizer
+from bindweave.testing.tokenizers import CORPUS, build_qwen2_tokenizer, build_umt5_tokenizer
 
 __all__ = [
     "CLIP_MEAN",
@@ -132,18 +132,20 @@ def build_tiny_release(
     seed: int = 0,
     with_transformer_config: bool = False,
     text_dim: int = TINY_TEXT_DIM,
+    corpus: Sequence[str] = CORPUS,
 ) -> ReleaseFolders:
     """Write the tiny Wan I2V, BindWeave DiT and Qwen2.5-VL folders under ``root``.
 
     The BindWeave DiT starts from the tiny Wan I2V transformer's weights (as the real one was
     fine-tuned from Wan2.1-I2V) plus a seeded random connector. Set ``with_transformer_config`` to
-    also write its ``config.json``; the released folder has none.
+    also write its ``config.json``; the released folder has none. Both tokenizers are trained on
+    ``corpus``.
     """
     root = Path(root)
     folders = ReleaseFolders(
         wan=root / "wan-i2v", transformer=root / "bindweave-transformer", mllm=root / "qwen2.5-vl"
     )
-    wan_transformer = write_wan_i2v(folders.wan, text_dim=text_dim, seed=seed)
+    wan_transformer = write_wan_i2v(folders.wan, text_dim=text_dim, seed=seed, corpus=corpus)
     write_bindweave_transformer(
         folders.transformer,
         wan_transformer,
@@ -151,16 +153,18 @@ def build_tiny_release(
         seed=seed,
         with_config=with_transformer_config,
     )
-    write_qwen2_5_vl(folders.mllm, mllm_dim=mllm_dim, seed=seed)
+    write_qwen2_5_vl(folders.mllm, mllm_dim=mllm_dim, seed=seed, corpus=corpus)
     return folders
 
 
 # ---------------------------------------------------------------------------------------------- Wan I2V
 
 
-def write_wan_i2v(folder: Path, *, text_dim: int = TINY_TEXT_DIM, seed: int = 0) -> WanTransformer3DModel:
+def write_wan_i2v(
+    folder: Path, *, text_dim: int = TINY_TEXT_DIM, seed: int = 0, corpus: Sequence[str] = CORPUS
+) -> WanTransformer3DModel:
     """Write a tiny ``Wan2.1-I2V-14B-720P-Diffusers`` folder; returns its transformer."""
-    tokenizer = build_umt5_tokenizer()
+    tokenizer = build_umt5_tokenizer(corpus=corpus)
     with _seeded(seed, "text_encoder"):
         text_encoder = _tiny_umt5_encoder(len(tokenizer), text_dim)
     with _seeded(seed, "image_encoder"):
@@ -308,13 +312,15 @@ def write_bindweave_transformer(
 # ---------------------------------------------------------------------------------------------- Qwen2.5-VL
 
 
-def write_qwen2_5_vl(folder: Path, *, mllm_dim: int = TINY_MLLM_DIM, seed: int = 0) -> None:
+def write_qwen2_5_vl(
+    folder: Path, *, mllm_dim: int = TINY_MLLM_DIM, seed: int = 0, corpus: Sequence[str] = CORPUS
+) -> None:
     """Write a tiny ``Qwen2.5-VL-7B-Instruct`` folder: model, tokenizer + chat template, image processor.
 
     ``Qwen2_5_VLProcessor`` itself cannot be built without torchvision (its video processor needs it),
     so its parts are saved one by one, giving the same files.
     """
-    tokenizer = build_qwen2_tokenizer()
+    tokenizer = build_qwen2_tokenizer(corpus=corpus)
     with _seeded(seed, "mllm"):
         model = Qwen2_5_VLForConditionalGeneration(_tiny_qwen2_5_vl_config(tokenizer, mllm_dim)).eval()
     model.save_pretrained(folder)

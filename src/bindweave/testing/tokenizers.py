@@ -147,12 +147,12 @@ def _train_unigram(corpus: Sequence[str], vocab_size: int) -> sentencepiece_mode
     return proto
 
 
-def build_umt5_tokenizer(vocab_size: int = 512) -> T5TokenizerFast:
+def build_umt5_tokenizer(vocab_size: int = 512, corpus: Sequence[str] = CORPUS) -> T5TokenizerFast:
     """A tiny umT5-style tokenizer: Unigram + Metaspace, pad=0, eos=1, unk=2, appends ``</s>``.
 
     ``vocab_size`` is an upper bound; the built-in corpus supports a few hundred pieces.
     """
-    proto = _train_unigram(CORPUS, vocab_size)
+    proto = _train_unigram(corpus, vocab_size)
     vocab = [(piece.piece, float(piece.score)) for piece in proto.pieces]
     return T5TokenizerFast(
         vocab=vocab,
@@ -191,13 +191,13 @@ def _train_byte_level_bpe(
     return dict(model["vocab"]), merges
 
 
-def build_qwen2_tokenizer(vocab_size: int = 768) -> Qwen2TokenizerFast:
+def build_qwen2_tokenizer(vocab_size: int = 768, corpus: Sequence[str] = CORPUS) -> Qwen2TokenizerFast:
     """A tiny Qwen2.5-VL-style tokenizer: byte-level BPE plus Qwen's special tokens and chat template.
 
     The special tokens are appended after the BPE vocabulary in the real order, so e.g.
     ``<|image_pad|>`` is ``<|endoftext|>`` + 12, exactly as 151655 = 151643 + 12 in the real one.
     """
-    vocab, merges = _train_byte_level_bpe(CORPUS, vocab_size)
+    vocab, merges = _train_byte_level_bpe(corpus, vocab_size)
     first_special_id = len(vocab)
     added_tokens_decoder = {
         first_special_id + offset: AddedToken(token, special=True, normalized=False)

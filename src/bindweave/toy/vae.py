@@ -1,0 +1,167 @@
+"""``bindweave toy base``: train the toy VAE, then save the untrained toy pipeline around it.
+
+The VAE is the only component trained before the DiT (a random one decodes nothing). It learns to
+reconstruct toy clips rendered on the fly from the training split, as random windows of 5 frames (the
+first frame alone, then one 4-frame chunk: both paths of the causal Wan VAE), and letterboxed reference
+canvases, as BindWeave encodes them. Loss: L1 + MSE on the pixels decoded from the posterior mode, plus
+a tiny KL term. The per-channel latent mean / std
+are then measured on whole clips and saved in the VAE config, as Wan's are, so the DiT sees unit-scale
+latents.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan
+from tqdm.auto import tqdm
+
+from bindweave.conditioning.references import letterbox
+from bindweave.config import field, to_dict
+from bindweave.io.files import atomic_write_json
+
+from .model import build_toy_pipeline, toy_vae
+from .sprites import reference_image
+from .world import FRAME_SIZE, NUM_FRAMES, render_clip, sample_scene, scene_rng
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ToyBaseConfig", "run_toy_base", "toy_vae_batch", "train_toy_vae"]
+
+_WINDOW = 5  # frames per VAE training clip: 1 + one chunk of 4
+_KL_WEIGHT = 1e-6
+_STATS_CLIPS = 64
+_RECORD = "toy_base.json"  # the settings a base folder was made with
+
+
+@dataclass
+class ToyBaseConfig:
+    out: Path = field(help="folder of the base pipeline (trained VAE, untrained DiT) to write")
+    steps: int = field(800, help="VAE optimizer steps")
+    batch_size: int = field(4, help="clips per VAE step")
+    lr: float = field(1e-3, help="peak AdamW learning rate (cosine decay to 0)")
+    seed: int = field(0, help="seeds the clips drawn, the VAE and the untrained components")
+    threads: int | None = field(None, help="torch CPU threads (default: torch's choice)")
+
+
+def toy_vae_batch(rng: np.random.Generator, batch_size: int, seed: int) -> torch.Tensor:
+    """A VAE training batch ``(B, 3, 5, 64, 64)`` in [-1, 1]: clip windows and reference canvases.
+
+    Scenes come from the training split (world seed ``seed``), indices drawn by ``rng``.
+    """
+    clips = []
+    for _ in range(batch_size):
+        scene = sample_scene(scene_rng(seed, "train", int(rng.integers(1 << 30))))
+        if rng.uniform() < 0.25:  # a reference canvas, repeated: what the reference slots encode
+            image, _ = reference_image(scene.subjects[0].sprite)
+            canvas = letterbox(image, FRAME_SIZE, FRAME_SIZE).canvas  # (3, H, W) in [0, 1]
+            clips.append(canvas[:, None].expand(3, _WINDOW, FRAME_SIZE, FRAME_SIZE) * 2 - 1)
+            continue
+        start = int(rng.integers(NUM_FRAMES - _WINDOW + 1))
+        frames = render_clip(scene)[start : start + _WINDOW]  # (5, H, W, 3) uint8
+        clips.append(torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1)
+    return torch.stack(clips)
+
+
+def _cosine(step: int, total: int, warmup: int = 20) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_toy_vae(config: ToyBaseConfig) -> AutoencoderKLWan:
+    """Train the toy VAE and set its latent mean / std; returns it in eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        vae = toy_vae()
+    # Every residual block starts as the identity (its last conv zeroed), which trains far faster than
+    # the default init on this budget.
+    for module in vae.modules():
+        if type(module).__name__ == "WanResidualBlock":
+            torch.nn.init.zeros_(module.conv2.weight)
+            torch.nn.init.zeros_(module.conv2.bias)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, config.steps))
+    rng = np.random.default_rng([config.seed, 1])
+    # The loss is on the decoder's raw output: AutoencoderKLWan.decode clamps to [-1, 1], and a clamped
+    # pixel has no gradient, so a pixel pushed past the range would stay there.
+    raw: list[torch.Tensor] = []
+    hook = vae.decoder.register_forward_hook(lambda _module, _args, out: raw.append(out))
+    vae.train()
+    progress = tqdm(range(config.steps), desc="toy VAE", unit="step")
+    for _ in progress:
+        x = toy_vae_batch(rng, config.batch_size, config.seed)
+        posterior = vae.encode(x).latent_dist
+        raw.clear()
+        vae.decode(posterior.mode())
+        recon = torch.cat(raw, dim=2)  # (B, 3, 5, H, W), one decoder call per latent frame
+        loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + _KL_WEIGHT * posterior.kl().mean()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+    hook.remove()
+    vae.eval()
+    mean, std = latent_statistics(vae, config.seed)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    return vae
+
+
+@torch.no_grad()
+def latent_statistics(vae: AutoencoderKLWan, seed: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the posterior mode over whole training clips."""
+    latents = []
+    for i in range(_STATS_CLIPS):
+        frames = render_clip(sample_scene(scene_rng(seed, "train", i)))
+        video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        latents.append(vae.encode(video).latent_dist.mode())
+    z = torch.cat(latents).transpose(0, 1).flatten(1)  # (z_dim, everything)
+    return [round(v, 5) for v in z.mean(1).tolist()], [round(v, 5) for v in z.std(1).tolist()]
+
+
+def _settings(config: ToyBaseConfig) -> dict:
+    return {k: v for k, v in to_dict(config).items() if k not in ("out", "threads")}
+
+
+def run_toy_base(config: ToyBaseConfig) -> Path:
+    """Train the VAE and write the base pipeline folder atomically (renamed into place when complete).
+
+    A folder already made with the same settings is kept (so the recipe can be rerun); one made with other
+    settings is an error.
+    """
+    out = Path(config.out)
+    record = out / _RECORD
+    if record.is_file():
+        made_with = json.loads(record.read_text())
+        if made_with != _settings(config):
+            raise FileExistsError(
+                f"{out} was made with other settings ({record}: {made_with}); choose another --out"
+            )
+        print(f"base pipeline (already built): {out.resolve()}")
+        return out
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not a toy base folder; choose another --out")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    vae = train_toy_vae(config)
+    pipe = build_toy_pipeline(vae, seed=config.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
+        folder = Path(tmp) / "pipeline"
+        pipe.save_pretrained(folder)
+        shutil.rmtree(folder / "__pycache__", ignore_errors=True)
+        atomic_write_json(folder / _RECORD, _settings(config))
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(folder, out)
+    print(f"base pipeline: {out.resolve()}")
+    return out
