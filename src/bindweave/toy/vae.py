@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanResidualBlock
 from tqdm.auto import tqdm
 
 from bindweave.conditioning.references import letterbox
@@ -85,7 +86,7 @@ def train_toy_vae(config: ToyBaseConfig) -> AutoencoderKLWan:
     # Every residual block starts as the identity (its last conv zeroed), which trains far faster than
     # the default init on this budget.
     for module in vae.modules():
-        if type(module).__name__ == "WanResidualBlock":
+        if isinstance(module, WanResidualBlock):
             torch.nn.init.zeros_(module.conv2.weight)
             torch.nn.init.zeros_(module.conv2.bias)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)

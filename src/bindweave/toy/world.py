@@ -118,12 +118,18 @@ class Scene:
         return cls(data["background"], tuple(Subject.from_dict(s) for s in data["subjects"]), data["prompt"])
 
 
+_START_ROW = {"down": 0, "up": 2}  # a vertical move starts at the top or bottom row ...
+_START_COLUMN = {"right": 0, "left": 2}  # ... a horizontal one in the left or right column
+
+
 def _allowed_cells(direction: str) -> list[tuple[int, int]]:
     """Start cells from which the whole motion stays inside the frame."""
-    cells = [(r, c) for r in range(3) for c in range(3)]
-    keep = {"right": lambda r, c: c == 0, "left": lambda r, c: c == 2, "down": lambda r, c: r == 0}
-    keep["up"] = lambda r, c: r == 2
-    return [cell for cell in cells if keep.get(direction, lambda r, c: True)(*cell)]
+    return [
+        (row, col)
+        for row in range(3)
+        for col in range(3)
+        if _START_ROW.get(direction, row) == row and _START_COLUMN.get(direction, col) == col
+    ]
 
 
 def _contrasting_sprite(rng: np.random.Generator, background: RGB) -> Sprite:
