@@ -136,3 +136,30 @@ def test_ensure_writable_dir_probe_failure_names_path(
     target = tmp_path / "out.mp4"
     with pytest.raises(UnwritablePathError, match=rf"{re.escape(str(target))}.*Read-only file system"):
         ensure_writable_dir(target)
+
+
+def test_atomic_folder_renames_into_place_only_on_success(tmp_path):
+    from bindweave.io.files import atomic_folder
+
+    target = tmp_path / "model"
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as staged:
+            staged.mkdir()
+            (staged / "a.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+    with atomic_folder(target) as staged:
+        staged.mkdir()
+        (staged / "a.txt").write_text("one")
+    assert (target / "a.txt").read_text() == "one"
+
+    with pytest.raises(OSError):  # a non-empty folder is not replaced unless asked
+        with atomic_folder(target) as staged:
+            staged.mkdir()
+    assert (target / "a.txt").read_text() == "one"
+    with atomic_folder(target, replace=True) as staged:
+        staged.mkdir()
+        (staged / "b.txt").write_text("two")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

@@ -138,7 +138,9 @@ def test_export_resolves_links_and_drops_training_state(tmp_path, toy_pipe):
 
 
 def test_toy_eval_scores_variants_and_resumes(tmp_path, toy_pipe):
-    config = ToyEvalConfig(variants=["trained", "ground-truth"], num_samples=2, steps=1, out=tmp_path)
+    config = ToyEvalConfig(
+        model=tmp_path, variants=["trained", "ground-truth"], num_samples=2, steps=1, out=tmp_path
+    )
     results = toy_eval(toy_pipe, config)
     assert [len(results[v]) for v in ("trained", "ground-truth")] == [2, 2]
     assert all(s.psnr == 100.0 and s.direction_accuracy == 1.0 for s in results["ground-truth"])
@@ -148,11 +150,13 @@ def test_toy_eval_scores_variants_and_resumes(tmp_path, toy_pipe):
     again = toy_eval(toy_pipe, config)  # reused from disk, not regenerated
     assert (tmp_path / "trained.json").read_text() == saved and again == results
     with pytest.raises(ValueError, match="unknown"):
-        toy_eval(toy_pipe, ToyEvalConfig(variants=["best"], out=tmp_path))
+        toy_eval(toy_pipe, ToyEvalConfig(model=tmp_path, variants=["best"], out=tmp_path))
 
 
 def test_toy_cli_commands_are_registered():
     parser = cli.build_parser()
-    args = parser.parse_args(["toy-eval", "--num-samples", "3", "--variants", "trained", "no-clip"])
+    args = parser.parse_args(
+        ["toy-eval", "--model", "m", "--num-samples", "3", "--variants", "trained", "no-clip"]
+    )
     assert args.num_samples == 3 and args.variants == ["trained", "no-clip"]
     assert parser.parse_args(["toy", "data", "--out", "x"]).num_clips == 1200

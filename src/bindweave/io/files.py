@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "UnwritablePathError",
+    "atomic_folder",
     "atomic_torch_save",
     "atomic_write",
     "atomic_write_json",
@@ -74,6 +76,24 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_folder(path: PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a path (not yet created) beside ``path`` to build a folder at; rename it onto ``path`` only if
+    the block succeeds.
+
+    ``path`` must be absent or an empty folder, unless ``replace``: then an existing ``path`` is removed
+    just before the rename. On any exception the staged folder is removed and ``path`` is untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}-") as tmp:
+        staged = Path(tmp) / target.name
+        yield staged
+        if replace and target.exists():
+            shutil.rmtree(target)
+        os.replace(staged, target)
 
 
 def atomic_write_text(path: PathLike, text: str, *, encoding: str = "utf-8") -> Path:

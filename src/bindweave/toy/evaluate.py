@@ -46,7 +46,7 @@ _SETTINGS = ("model", "num_samples", "steps", "guidance_scale", "world_seed", "i
 
 @dataclass
 class ToyEvalConfig:
-    model: Path | None = field(None, help="toy pipeline folder, e.g. runs/toy/model from `make toy-model`")
+    model: Path = field(help="toy pipeline folder, e.g. runs/toy/model from `make toy-model`")
     variants: list[str] = field(
         default_factory=lambda: list(VARIANTS), help=f"variants to run, from {', '.join(VARIANTS)}"
     )
@@ -143,8 +143,6 @@ def run_toy_eval(config: ToyEvalConfig) -> dict[str, dict[str, float]]:
     from bindweave.pipeline import BindWeavePipeline
 
     config.validate()
-    if config.model is None:
-        raise ValueError("--model: give the toy pipeline folder to benchmark (e.g. runs/toy/model)")
     config.out.mkdir(parents=True, exist_ok=True)
     pipe = BindWeavePipeline.from_pretrained(config.model, torch_dtype=torch.float32)
     results = toy_eval(pipe, config)

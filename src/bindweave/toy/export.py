@@ -7,13 +7,12 @@ into place when complete.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from bindweave.config import field
+from bindweave.io.files import atomic_folder
 
 __all__ = ["ToyExportConfig", "export_pipeline", "run_toy_export"]
 
@@ -38,15 +37,9 @@ def export_pipeline(checkpoint: Path, out: Path) -> Path:
         if latest is None:
             raise FileNotFoundError(f"{checkpoint} is neither a pipeline checkpoint nor a folder holding one")
         checkpoint = latest
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
-        staged = Path(tmp) / "pipeline"
+    with atomic_folder(out, replace=True) as staged:
         shutil.copytree(checkpoint, staged, symlinks=False, ignore=shutil.ignore_patterns(*_NOT_EXPORTED))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staged, out)
-    return out
+    return Path(out)
 
 
 def run_toy_export(config: ToyExportConfig) -> Path:

@@ -147,8 +147,7 @@ def score_clip(video: np.ndarray, scene: Scene, ground_truth: np.ndarray) -> Cli
         crops = torch.stack(
             [frames[f, :, y : y + size, x : x + size] for f, (y, x) in enumerate(positions.tolist())]
         )
-        first = crops[0]
-        consistency.append(float(np.mean([float(ncc_map(c[None], first).squeeze()) for c in crops[1:]])))
+        consistency.append(float(ncc_map(crops[1:], crops[0]).mean()))  # (F - 1, 1, 1): one score per frame
         correct.append(_direction(positions.numpy()) == subject.direction)
         truth = np.clip(trajectory(subject, len(frames)), 0, np.array(frames.shape[-2:]) - size)
         distance.append(float(np.linalg.norm(positions.numpy() - truth, axis=1).mean()))

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from tqdm.auto import tqdm
 
 from bindweave.conditioning.references import letterbox
 from bindweave.config import field, to_dict
-from bindweave.io.files import atomic_write_json
+from bindweave.io.files import atomic_folder, atomic_write_json
 
 from .model import build_toy_pipeline, toy_vae
 from .sprites import reference_image
@@ -67,7 +65,7 @@ def toy_vae_batch(rng: np.random.Generator, batch_size: int, seed: int) -> torch
             clips.append(canvas[:, None].expand(3, _WINDOW, FRAME_SIZE, FRAME_SIZE) * 2 - 1)
             continue
         start = int(rng.integers(NUM_FRAMES - _WINDOW + 1))
-        frames = render_clip(scene)[start : start + _WINDOW]  # (5, H, W, 3) uint8
+        frames = render_clip(scene, num_frames=start + _WINDOW)[start:]  # (5, H, W, 3) uint8
         clips.append(torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1)
     return torch.stack(clips)
 
@@ -155,14 +153,9 @@ def run_toy_base(config: ToyBaseConfig) -> Path:
         torch.set_num_threads(config.threads)
     vae = train_toy_vae(config)
     pipe = build_toy_pipeline(vae, seed=config.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
-        folder = Path(tmp) / "pipeline"
+    with atomic_folder(out) as folder:  # out is absent or empty (checked above)
         pipe.save_pretrained(folder)
         shutil.rmtree(folder / "__pycache__", ignore_errors=True)
         atomic_write_json(folder / _RECORD, _settings(config))
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(folder, out)
     print(f"base pipeline: {out.resolve()}")
     return out
