@@ -33,11 +33,22 @@ def test_toy_vae_compresses_4x_in_space_and_time():
 
 def test_vae_batches_are_clips_and_reference_canvases():
     batch = toy_vae_batch(np.random.default_rng(0), 16, seed=0)
-    assert batch.shape == (16, 3, 5, 64, 64)
+    assert batch.shape == (16, 3, 9, 64, 64)  # 1 + 2 chunks of 4: every causal-cache path of the VAE
     assert batch.min() >= -1 and batch.max() <= 1
     static = [(b[:, :1] == b).all().item() for b in batch]  # reference canvases are repeated frames
     assert 0 < sum(static) < 16
     assert torch.equal(batch, toy_vae_batch(np.random.default_rng(0), 16, seed=0))
+
+
+def test_vae_batch_crops_are_windows_of_the_whole_frames():
+    whole = toy_vae_batch(np.random.default_rng(3), 6, seed=0)
+    cropped = toy_vae_batch(np.random.default_rng(3), 6, seed=0, crop=32)
+    assert cropped.shape == (6, 3, 9, 32, 32)
+    for clip, crop in zip(whole, cropped, strict=True):  # the same clips, drawn in the same order
+        windows = clip.unfold(2, 32, 1).unfold(3, 32, 1)  # (3, 9, 33, 33, 32, 32)
+        assert (windows == crop[:, :, None, None]).flatten(4).all(-1).all(0).all(0).any()
+    with pytest.raises(ValueError, match="multiple of 4"):
+        toy_vae_batch(np.random.default_rng(0), 1, seed=0, crop=30)
 
 
 def test_toy_tokenizers_know_the_toy_words(toy_pipe):
@@ -104,7 +115,7 @@ def test_ablations_zero_exactly_one_stream(toy_pipe, name):
 
 def test_run_toy_base_writes_a_loadable_pipeline_and_reuses_it(tmp_path, capsys):
     out = tmp_path / "base"
-    config = ToyBaseConfig(out=out, steps=2, batch_size=2)
+    config = ToyBaseConfig(out=out, steps=2, clip_steps=1, batch_size=2, crop=16)
     run_toy_base(config)
     pipe = BindWeavePipeline.from_pretrained(out)
     assert pipe.vae.config.scale_factor_spatial == 4
@@ -115,7 +126,7 @@ def test_run_toy_base_writes_a_loadable_pipeline_and_reuses_it(tmp_path, capsys)
     run_toy_base(config)  # same settings: kept
     assert (out / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(FileExistsError, match="other settings"):
-        run_toy_base(ToyBaseConfig(out=out, steps=3, batch_size=2))
+        run_toy_base(ToyBaseConfig(out=out, steps=3, clip_steps=1, batch_size=2, crop=16))
 
 
 def test_export_resolves_links_and_drops_training_state(tmp_path, toy_pipe):

@@ -1,9 +1,12 @@
 """``bindweave toy base``: train the toy VAE, then save the untrained toy pipeline around it.
 
 The VAE is the only component trained before the DiT (a random one decodes nothing). It learns to
-reconstruct toy clips rendered on the fly from the training split, as random windows of 5 frames (the
-first frame alone, then one 4-frame chunk: both paths of the causal Wan VAE), and letterboxed reference
-canvases, as BindWeave encodes them. Loss: L1 + MSE on the pixels decoded from the posterior mode, plus
+reconstruct toy clips rendered on the fly from the training split, as random windows of 9 frames, and
+letterboxed reference canvases, as BindWeave encodes them. Nine frames are the first frame alone and two
+4-frame chunks: the causal Wan VAE runs its convolutions differently on each of the three (zero history,
+the one-frame history, a full chunk's history), and every later chunk of a 17-frame clip runs like the
+third, so all three must be trained. Windows are random square crops (fully convolutional, so a model
+trained on crops runs on whole frames), which makes a step several times cheaper. Loss: L1 + MSE on the pixels decoded from the posterior mode, plus
 a tiny KL term. The per-channel latent mean / std
 are then measured on whole clips and saved in the VAE config, as Wan's are, so the DiT sees unit-scale
 latents.
@@ -33,9 +36,18 @@ from .world import FRAME_SIZE, NUM_FRAMES, render_clip, sample_scene, scene_rng
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ToyBaseConfig", "run_toy_base", "toy_vae_batch", "train_toy_vae"]
+__all__ = [
+    "ToyBaseConfig",
+    "VaePhase",
+    "fit_vae",
+    "initial_vae",
+    "run_toy_base",
+    "toy_vae_batch",
+    "train_toy_vae",
+    "vae_phases",
+]
 
-_WINDOW = 5  # frames per VAE training clip: 1 + one chunk of 4
+_WINDOW = 9  # frames per VAE training clip: 1 + two chunks of 4
 _KL_WEIGHT = 1e-6
 _STATS_CLIPS = 64
 _RECORD = "toy_base.json"  # the settings a base folder was made with
@@ -44,72 +56,113 @@ _RECORD = "toy_base.json"  # the settings a base folder was made with
 @dataclass
 class ToyBaseConfig:
     out: Path = field(help="folder of the base pipeline (trained VAE, untrained DiT) to write")
-    steps: int = field(800, help="VAE optimizer steps")
-    batch_size: int = field(4, help="clips per VAE step")
-    lr: float = field(1e-3, help="peak AdamW learning rate (cosine decay to 0)")
+    steps: int = field(1200, help="VAE steps on 9-frame windows")
+    clip_steps: int = field(600, help="then VAE steps on whole 17-frame clips, at lr / 4 and half the batch")
+    batch_size: int = field(8, help="clips per VAE step on windows")
+    crop: int = field(32, help="side of the random square crops the VAE trains on (<= 64, a multiple of 4)")
+    lr: float = field(2e-3, help="peak AdamW learning rate (cosine decay to 0)")
     seed: int = field(0, help="seeds the clips drawn, the VAE and the untrained components")
     threads: int | None = field(None, help="torch CPU threads (default: torch's choice)")
 
 
-def toy_vae_batch(rng: np.random.Generator, batch_size: int, seed: int) -> torch.Tensor:
-    """A VAE training batch ``(B, 3, 5, 64, 64)`` in [-1, 1]: clip windows and reference canvases.
+def toy_vae_batch(
+    rng: np.random.Generator, batch_size: int, seed: int, crop: int = FRAME_SIZE, frames: int = _WINDOW
+) -> torch.Tensor:
+    """A VAE training batch ``(B, 3, frames, crop, crop)`` in [-1, 1]: clip windows and reference canvases.
 
-    Scenes come from the training split (world seed ``seed``), indices drawn by ``rng``.
+    Scenes come from the training split (world seed ``seed``), indices and crop corners drawn by ``rng``.
     """
+    if not 4 <= crop <= FRAME_SIZE or crop % 4:
+        raise ValueError(f"crop must be a multiple of 4 in [4, {FRAME_SIZE}], got {crop}")
     clips = []
     for _ in range(batch_size):
         scene = sample_scene(scene_rng(seed, "train", int(rng.integers(1 << 30))))
         if rng.uniform() < 0.25:  # a reference canvas, repeated: what the reference slots encode
             image, _ = reference_image(scene.subjects[0].sprite)
             canvas = letterbox(image, FRAME_SIZE, FRAME_SIZE).canvas  # (3, H, W) in [0, 1]
-            clips.append(canvas[:, None].expand(3, _WINDOW, FRAME_SIZE, FRAME_SIZE) * 2 - 1)
+            clips.append(canvas[:, None].expand(3, frames, FRAME_SIZE, FRAME_SIZE) * 2 - 1)
             continue
-        start = int(rng.integers(NUM_FRAMES - _WINDOW + 1))
-        frames = render_clip(scene, num_frames=start + _WINDOW)[start:]  # (5, H, W, 3) uint8
-        clips.append(torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1)
-    return torch.stack(clips)
+        start = int(rng.integers(NUM_FRAMES - frames + 1))
+        window = render_clip(scene, num_frames=start + frames)[start:]  # (frames, H, W, 3) uint8
+        clips.append(torch.from_numpy(window).permute(3, 0, 1, 2).float() / 127.5 - 1)
+    top, left = rng.integers(FRAME_SIZE - crop + 1, size=(2, batch_size))
+    return torch.stack([c[..., t : t + crop, x : x + crop] for c, t, x in zip(clips, top, left, strict=True)])
 
 
-def _cosine(step: int, total: int, warmup: int = 20) -> float:
+def _cosine(step: int, total: int, warmup: int = 50) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def train_toy_vae(config: ToyBaseConfig) -> AutoencoderKLWan:
-    """Train the toy VAE and set its latent mean / std; returns it in eval mode."""
+@dataclass(frozen=True)
+class VaePhase:
+    """One phase of VAE training: ``steps`` AdamW steps on ``frames``-frame windows, cosine from ``lr``."""
+
+    name: str
+    frames: int
+    steps: int
+    batch_size: int
+    lr: float
+    stream: int  # which random stream of the seed draws the phase's clips
+
+
+def vae_phases(config: ToyBaseConfig) -> list[VaePhase]:
+    """Windows of 9 frames first (cheap, every cache path), then whole clips, as the VAE is used."""
+    return [
+        VaePhase("windows", _WINDOW, config.steps, config.batch_size, config.lr, stream=1),
+        VaePhase("clips", NUM_FRAMES, config.clip_steps, max(1, config.batch_size // 2), config.lr / 4, 2),
+    ]
+
+
+def initial_vae(seed: int) -> AutoencoderKLWan:
+    """The untrained toy VAE, every residual block starting as the identity (its last conv zeroed)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+        torch.manual_seed(seed)
         vae = toy_vae()
-    # Every residual block starts as the identity (its last conv zeroed), which trains far faster than
-    # the default init on this budget.
     for module in vae.modules():
         if isinstance(module, WanResidualBlock):
             torch.nn.init.zeros_(module.conv2.weight)
             torch.nn.init.zeros_(module.conv2.bias)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, config.steps))
-    rng = np.random.default_rng([config.seed, 1])
+    return vae
+
+
+def fit_vae(vae: AutoencoderKLWan, phase: VaePhase, *, crop: int, seed: int) -> None:
+    """Run one training phase on ``vae`` in place (a fresh optimizer per phase)."""
+    if phase.steps == 0:
+        return
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=phase.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, phase.steps))
+    rng = np.random.default_rng([seed, phase.stream])
     # The loss is on the decoder's raw output: AutoencoderKLWan.decode clamps to [-1, 1], and a clamped
     # pixel has no gradient, so a pixel pushed past the range would stay there.
     raw: list[torch.Tensor] = []
     hook = vae.decoder.register_forward_hook(lambda _module, _args, out: raw.append(out))
     vae.train()
-    progress = tqdm(range(config.steps), desc="toy VAE", unit="step")
-    for _ in progress:
-        x = toy_vae_batch(rng, config.batch_size, config.seed)
-        posterior = vae.encode(x).latent_dist
-        raw.clear()
-        vae.decode(posterior.mode())
-        recon = torch.cat(raw, dim=2)  # (B, 3, 5, H, W), one decoder call per latent frame
-        loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + _KL_WEIGHT * posterior.kl().mean()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress.set_postfix(loss=f"{loss.item():.4f}")
-    hook.remove()
-    vae.eval()
+    progress = tqdm(range(phase.steps), desc=f"toy VAE ({phase.name})", unit="step")
+    try:
+        for _ in progress:
+            x = toy_vae_batch(rng, phase.batch_size, seed, crop, frames=phase.frames)
+            posterior = vae.encode(x).latent_dist
+            raw.clear()
+            vae.decode(posterior.mode())
+            recon = torch.cat(raw, dim=2)  # (B, 3, frames, crop, crop), one decoder call per latent frame
+            loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + _KL_WEIGHT * posterior.kl().mean()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+    finally:
+        hook.remove()
+        vae.eval()
+
+
+def train_toy_vae(config: ToyBaseConfig) -> AutoencoderKLWan:
+    """Train the toy VAE through :func:`vae_phases` and set its latent mean / std; returns it in eval mode."""
+    vae = initial_vae(config.seed)
+    for phase in vae_phases(config):
+        fit_vae(vae, phase, crop=config.crop, seed=config.seed)
     mean, std = latent_statistics(vae, config.seed)
     vae.register_to_config(latents_mean=mean, latents_std=std)
     return vae
