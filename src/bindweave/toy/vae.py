@@ -1,15 +1,18 @@
 """``bindweave toy base``: train the toy VAE, then save the untrained toy pipeline around it.
 
 The VAE is the only component trained before the DiT (a random one decodes nothing). It learns to
-reconstruct toy clips rendered on the fly from the training split, as random windows of 9 frames, and
-letterboxed reference canvases, as BindWeave encodes them. Nine frames are the first frame alone and two
-4-frame chunks: the causal Wan VAE runs its convolutions differently on each of the three (zero history,
-the one-frame history, a full chunk's history), and every later chunk of a 17-frame clip runs like the
-third, so all three must be trained. Windows are random square crops (fully convolutional, so a model
-trained on crops runs on whole frames), which makes a step several times cheaper. Loss: L1 + MSE on the pixels decoded from the posterior mode, plus
-a tiny KL term. The per-channel latent mean / std
-are then measured on whole clips and saved in the VAE config, as Wan's are, so the DiT sees unit-scale
-latents.
+reconstruct toy clips rendered on the fly from the training split, and letterboxed reference canvases,
+as BindWeave encodes them, in two phases (:func:`vae_phases`):
+
+1. windows of 9 frames: the first frame alone and two 4-frame chunks. The causal Wan VAE runs its
+   convolutions differently on each of the three (zero history, a one-frame history, a full chunk's
+   history) and every later chunk of a 17-frame clip runs like the third, so all three must be trained;
+2. whole 17-frame clips, as the VAE is used, at a quarter of the learning rate.
+
+Both train on random square crops (the VAE is convolutional apart from its mid-block attention, so it
+runs on whole frames), which makes a step several times cheaper. Loss: L1 + MSE on the pixels decoded
+from the posterior mode, plus a tiny KL term. The per-channel latent mean / std are then measured on
+whole clips and saved in the VAE config, as Wan's are, so the DiT sees unit-scale latents.
 """
 
 from __future__ import annotations
