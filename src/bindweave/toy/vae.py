@@ -114,7 +114,9 @@ def vae_phases(config: ToyBaseConfig) -> list[VaePhase]:
     """Windows of 9 frames first (cheap, every cache path), then whole clips, as the VAE is used."""
     return [
         VaePhase("windows", _WINDOW, config.steps, config.batch_size, config.lr, stream=1),
-        VaePhase("clips", NUM_FRAMES, config.clip_steps, max(1, config.batch_size // 2), config.lr / 4, 2),
+        VaePhase(
+            "clips", NUM_FRAMES, config.clip_steps, max(1, config.batch_size // 2), config.lr / 4, stream=2
+        ),
     ]
 
 
