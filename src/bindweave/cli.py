@@ -27,6 +27,7 @@ from .toy.evaluate import ToyEvalConfig, run_toy_eval
 from .toy.export import ToyExportConfig, run_toy_export
 from .toy.vae import ToyBaseConfig, run_toy_base
 from .training.config import PrecomputeConfig
+from .training.distributed import shutdown_distributed
 from .training.precompute import run_precompute
 from .ui import UIConfig, run_ui
 
@@ -158,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # user errors: one clear line, non-zero exit
         logging.getLogger("bindweave").error("%s", err)
         return 1
+    # A context-parallel torchrun job leaves its process group open: close it, on success only (tearing
+    # down while another rank is still inside a collective can hang or abort that rank).
+    shutdown_distributed()
     return 0
 
 

@@ -74,6 +74,8 @@ def main(out: Path) -> None:
         "shape": list(separate[0].shape),
     }
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(result))
+    # No rank tears the groups down while the other is still inside a collective (gloo aborts then).
+    dist.barrier()
     dist.destroy_process_group()
 
 
