@@ -29,7 +29,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-# Train the toy BindWeave from nothing (see README, "The toy world"): about 50 min on a 2-core CPU.
+# Train the toy BindWeave from nothing (see README, "The toy world"): about an hour on a 2-core CPU.
 # Every step but the VAE's resumes if interrupted. Paths match configs/toy.yaml. To ship the result as the
 # embedded default (once it beats a random DiT): export it to src/bindweave/assets/toy-bindweave
 TOY := runs/toy
