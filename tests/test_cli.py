@@ -233,3 +233,29 @@ def test_console_script_help():
     assert result.returncode == 0
     for command in ("generate", "run-manifest", "extract-mllm", "demo"):
         assert command in result.stdout
+
+
+def test_a_successful_job_closes_the_process_group_it_leaves_open(tmp_path):
+    """A context-parallel job joins a process group and never leaves it; ``main`` closes it on success."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert cli.main(["toy", "data", "--out", str(tmp_path / "data"), "--num-clips", "1"]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_a_failed_job_leaves_the_process_group_alone(tmp_path):
+    """Tearing down while other ranks may still be inside a collective can hang: errors skip it."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert cli.main(["demo", "--model", str(tmp_path / "missing")]) == 1
+        assert dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
