@@ -18,6 +18,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from .io.files import atomic_folder
+
 logger = logging.getLogger(__name__)
 
 TINY_RANDOM_NAME = "tiny-random-v1"
@@ -36,14 +38,12 @@ def default_model_path() -> Path:
     if (target / "model_index.json").is_file():
         return target
     logger.warning("building the tiny randomly initialised default model in %s (weights are random)", target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{TINY_RANDOM_NAME}-") as tmp:
-        build_tiny_random_pipeline(Path(tmp) / "pipeline")
-        try:
-            os.replace(Path(tmp) / "pipeline", target)
-        except OSError:
-            if not (target / "model_index.json").is_file():  # not a concurrent build that won the race
-                raise
+    try:
+        with atomic_folder(target) as staged:
+            build_tiny_random_pipeline(staged)
+    except OSError:
+        if not (target / "model_index.json").is_file():  # not a concurrent build that won the race
+            raise
     return target
 
 

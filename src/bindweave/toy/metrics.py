@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sprites import draw_sprite
+from .sprites import sprite_on
 from .world import DIRECTIONS, Scene, trajectory
 
 __all__ = [
@@ -76,8 +76,7 @@ def _as_float_video(video: np.ndarray) -> torch.Tensor:
 
 def template(scene: Scene, index: int) -> torch.Tensor:
     """Subject ``index`` as it should look in the clip: ``(3, s, s)`` float64, sprite on the background."""
-    rgb, mask = draw_sprite(scene.subjects[index].sprite)
-    pixels = np.where(mask[..., None], rgb, np.array(scene.background_rgb, np.uint8))
+    pixels, _ = sprite_on(scene.subjects[index].sprite, scene.background_rgb)
     return torch.from_numpy(pixels.astype(np.float64) / 255.0).permute(2, 0, 1)
 
 

@@ -8,8 +8,9 @@ Every component is the real class (umT5, CLIP vision, Wan VAE, BindWeave DiT, Qw
 - umT5 / CLIP / Qwen2.5-VL: the tiny random encoders of :mod:`bindweave.testing`, frozen, as the paper
   freezes them; their tokenizers are also trained on toy prompts (a 48-word toy prompt: 106 umT5
   pieces instead of 129).
-  Random frozen encoders still give distinct, deterministic features per word and image, which is all
-  the DiT and the connector need to learn from.
+  Random frozen encoders still give distinct, deterministic features per word and image. The umT5 and
+  CLIP features are of unit scale; the Qwen2.5-VL states are small (mean magnitude about 0.02 per
+  element), as the README's toy-world status measures.
 - DiT: 4 blocks of width 128 (4 heads of 32), 2 x 2 patches; trained with ``bindweave train``.
 """
 

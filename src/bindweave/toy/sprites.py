@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-__all__ = ["PATTERNS", "SHAPES", "Sprite", "draw_sprite", "random_sprite"]
+__all__ = ["PATTERNS", "SHAPES", "Sprite", "draw_sprite", "random_sprite", "reference_image", "sprite_on"]
 
 SHAPES = ("disc", "square", "triangle", "diamond", "hexagon", "cross", "star")
 PATTERNS = ("solid", "hstripes", "vstripes", "dots", "checker", "ring")
@@ -144,12 +144,17 @@ def draw_sprite(sprite: Sprite) -> tuple[np.ndarray, np.ndarray]:
     return rgb, mask
 
 
+def sprite_on(sprite: Sprite, background: RGB) -> tuple[np.ndarray, np.ndarray]:
+    """The sprite on a plain ``background``: ``(size, size, 3)`` uint8 pixels and the ``(size, size)`` mask."""
+    rgb, mask = draw_sprite(sprite)
+    return np.where(mask[..., None], rgb, np.array(background, np.uint8)).astype(np.uint8), mask
+
+
 def reference_image(
     sprite: Sprite, background: RGB = (255, 255, 255)
 ) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     """The subject as a user would crop it: the sprite on a plain ``background``, and its mask (L, 0/255)."""
-    rgb, mask = draw_sprite(sprite)
-    pixels = np.where(mask[..., None], rgb, np.array(background, np.uint8)).astype(np.uint8)
+    pixels, mask = sprite_on(sprite, background)
     return PIL.Image.fromarray(pixels, mode="RGB"), PIL.Image.fromarray(
         (mask * 255).astype(np.uint8), mode="L"
     )

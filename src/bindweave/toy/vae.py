@@ -68,6 +68,11 @@ class ToyBaseConfig:
     threads: int | None = field(None, help="torch CPU threads (default: torch's choice)")
 
 
+def _vae_input(frames: np.ndarray) -> torch.Tensor:
+    """``(F, H, W, 3)`` uint8 -> ``(3, F, H, W)`` float32 in [-1, 1], the VAE's input range."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
+
+
 def toy_vae_batch(
     rng: np.random.Generator, batch_size: int, seed: int, crop: int = FRAME_SIZE, frames: int = _WINDOW
 ) -> torch.Tensor:
@@ -87,7 +92,7 @@ def toy_vae_batch(
             continue
         start = int(rng.integers(NUM_FRAMES - frames + 1))
         window = render_clip(scene, num_frames=start + frames)[start:]  # (frames, H, W, 3) uint8
-        clips.append(torch.from_numpy(window).permute(3, 0, 1, 2).float() / 127.5 - 1)
+        clips.append(_vae_input(window))
     top, left = rng.integers(FRAME_SIZE - crop + 1, size=(2, batch_size))
     return torch.stack([c[..., t : t + crop, x : x + crop] for c, t, x in zip(clips, top, left, strict=True)])
 
@@ -179,7 +184,7 @@ def latent_statistics(vae: AutoencoderKLWan, seed: int) -> tuple[list[float], li
     latents = []
     for i in range(_STATS_CLIPS):
         frames = render_clip(sample_scene(scene_rng(seed, "train", i)))
-        video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        video = _vae_input(frames)[None]
         latents.append(vae.encode(video).latent_dist.mode())
     z = torch.cat(latents).transpose(0, 1).flatten(1)  # (z_dim, everything)
     return [round(v, 5) for v in z.mean(1).tolist()], [round(v, 5) for v in z.std(1).tolist()]

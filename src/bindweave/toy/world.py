@@ -193,9 +193,9 @@ def trajectory(subject: Subject, num_frames: int = NUM_FRAMES) -> np.ndarray:
     return np.rint(positions).astype(int)
 
 
-def render_clip(scene: Scene, num_frames: int = NUM_FRAMES, size: int = FRAME_SIZE) -> np.ndarray:
-    """The ground-truth clip ``(num_frames, size, size, 3)`` uint8; later subjects are drawn on top."""
-    frames = np.empty((num_frames, size, size, 3), np.uint8)
+def render_clip(scene: Scene, num_frames: int = NUM_FRAMES) -> np.ndarray:
+    """The ground-truth clip ``(num_frames, FRAME_SIZE, FRAME_SIZE, 3)`` uint8; later subjects on top."""
+    frames = np.empty((num_frames, FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
     frames[:] = np.array(scene.background_rgb, np.uint8)
     for subject in scene.subjects:
         rgb, mask = draw_sprite(subject.sprite)

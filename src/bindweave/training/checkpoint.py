@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from bindweave.io.files import atomic_write_json
+from bindweave.io.files import atomic_folder, atomic_write_json
 from bindweave.models import BindWeaveTransformer3DModel
 from bindweave.pipeline import BindWeavePipeline
 
@@ -109,15 +109,13 @@ def write_frozen_components(pipe: BindWeavePipeline, output_dir: Path, include_t
     frozen = Path(output_dir) / FROZEN_DIR
     if (frozen / "model_index.json").is_file():
         return frozen
-    tmp = Path(output_dir) / f".tmp-{FROZEN_DIR}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for name, component in pipe.components.items():
-        if component is None or (name == "transformer" and not include_transformer):
-            continue
-        logger.info("saving frozen component %s to %s", name, frozen / name)
-        component.save_pretrained(tmp / name)
-    pipe.save_config(tmp)  # model_index.json, naming every component's class
-    os.replace(tmp, frozen)
+    with atomic_folder(frozen) as staged:
+        for name, component in pipe.components.items():
+            if component is None or (name == "transformer" and not include_transformer):
+                continue
+            logger.info("saving frozen component %s to %s", name, frozen / name)
+            component.save_pretrained(staged / name)
+        pipe.save_config(staged)  # model_index.json, naming every component's class
     return frozen
 
 
