@@ -29,9 +29,9 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-# Train the toy BindWeave from nothing (see README, "The toy world"): about an hour on a 2-core CPU.
-# Every step but the VAE's resumes if interrupted. Paths match configs/toy.yaml. To ship the result as the
-# embedded default (once it beats a random DiT): export it to src/bindweave/assets/toy-bindweave
+# Train the toy BindWeave from nothing (see README, "The toy world"): about 1.5 hours on a 2-core CPU.
+# Every step but the VAE's resumes if interrupted. Paths match configs/toy.yaml. The shipped default model
+# is this recipe's runs/toy/model, exported to src/bindweave/assets/toy-bindweave.
 TOY := runs/toy
 toy-model: $(STAMP)
 	$(BIN)/bindweave toy data --out $(TOY)/data --num-clips 1200

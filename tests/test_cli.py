@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from bindweave import cli, generate
-from bindweave.default_model import build_tiny_random_pipeline
 from bindweave.io.manifest import load_manifest
 from bindweave.io.video import probe_video, read_video
+from bindweave.testing import build_tiny_random_pipeline
 
 SMALL = ["--height", "32", "--width", "48", "--num-frames", "5", "--steps", "1"]
 

@@ -202,13 +202,26 @@ def test_defaults_are_the_paper_settings(pipe):
     import inspect
 
     params = inspect.signature(BindWeavePipeline.__call__).parameters
-    assert params["num_inference_steps"].default == 50 and params["guidance_scale"].default == 5.0
+    assert params["num_inference_steps"].default == 50 and params["guidance_scale"].default is None
     assert params["negative_prompt"].default.startswith("Bright tones, overexposed")
     assert (pipe.config.default_height, pipe.config.default_width, pipe.config.default_num_frames) == (
         720,
         1280,
         81,
     )
+    assert pipe.config.default_guidance_scale == 5.0
+
+
+def test_guidance_defaults_to_the_models_saved_scale(pipe, refs, tmp_path):
+    unguided = BindWeavePipeline(**pipe.components, default_guidance_scale=1.0)
+    unguided.save_pretrained(tmp_path / "unguided")
+    reloaded = BindWeavePipeline.from_pretrained(tmp_path / "unguided")
+    assert reloaded.config.default_guidance_scale == 1.0
+    with ForwardSpy(reloaded.transformer) as spy:
+        default = run(reloaded, refs, guidance_scale=None)
+    assert len(spy.calls) == 2  # one forward per step (2 steps): no negative branch
+    assert np.array_equal(default, run(reloaded, refs, guidance_scale=1.0))
+    assert not np.array_equal(default, run(reloaded, refs, guidance_scale=5.0))
 
 
 @pytest.mark.parametrize(

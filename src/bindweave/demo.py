@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .config import field
-from .default_model import DEFAULT_PROMPT, default_model_path, demo_references
+from .default_model import default_model_path, demo_prompt, demo_references
 from .generate import ModelConfig, load_pipeline
 from .io.files import ensure_writable_dir
 from .io.strip import write_strip
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 @dataclass(kw_only=True)
 class DemoConfig(ModelConfig):
     out: Path = field(Path("outputs"), help="output folder for demo.mp4 and demo.png")
-    prompt: str = field(DEFAULT_PROMPT, help="prompt")
+    prompt: str = field(default_factory=demo_prompt, help="prompt (default: the demo scene's)")
     steps: int = field(20, help="sampling steps")
     seed: int = field(0, help="seed")
 
@@ -31,10 +31,7 @@ def run_demo(config: DemoConfig) -> tuple[Path, Path]:
     video_path, strip_path = config.out / "demo.mp4", config.out / "demo.png"
     ensure_writable_dir(video_path)
     if config.model is None and config.wan is None:
-        print(f"Using the embedded default model ({default_model_path()}).")
-        print(
-            "NOTE: its weights are random (a tiny untrained BindWeave): expect coloured noise, not subjects."
-        )
+        print(f"Using the embedded default model, the toy BindWeave ({default_model_path()}).")
     pipe = load_pipeline(config)
     references = demo_references()
     frames = pipe(

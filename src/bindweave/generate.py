@@ -85,7 +85,10 @@ class SamplingConfig:
     width: int | None = field(None, help="video width, a multiple of 16 (default: the model's, 1280)")
     num_frames: int | None = field(None, help="frames, 4k+1 (default: the model's, 81)")
     steps: int = field(50, help="UniPC sampling steps")
-    guidance: float = field(5.0, help="classifier-free guidance scale (1 disables the negative branch)")
+    guidance: float | None = field(
+        None,
+        help="classifier-free guidance scale, 1 disables the negative branch (default: the model's, 5.0)",
+    )
     seed: int = field(42, help="seed of the initial noise")
     negative_prompt: str = field(DEFAULT_NEGATIVE_PROMPT, help="negative prompt")
     fps: int = field(16, help="frame rate of the written mp4")
@@ -100,7 +103,7 @@ class SamplingConfig:
             raise ValueError(f"--num-frames must be 4k + 1 (e.g. 81), got {self.num_frames}")
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        if self.guidance < 1:
+        if self.guidance is not None and self.guidance < 1:
             raise ValueError(f"--guidance must be >= 1, got {self.guidance}")
 
 

@@ -10,9 +10,9 @@ import PIL.Image
 import pytest
 
 from bindweave import cli
-from bindweave.default_model import build_tiny_random_pipeline
 from bindweave.io.manifest import load_manifest
 from bindweave.io.video import write_video
+from bindweave.testing import build_tiny_random_pipeline
 
 REFINED = "A red disc rolls slowly to the left across a wooden table while the camera stays still."
 

@@ -9,8 +9,8 @@ import PIL.Image
 import pytest
 
 from bindweave import cli
-from bindweave.default_model import build_tiny_random_pipeline
 from bindweave.io.video import read_video
+from bindweave.testing import build_tiny_random_pipeline
 
 SMALL = ["--height", "32", "--width", "48", "--num-frames", "5", "--steps", "2"]
 FLAGS = ["--memory", "--fp8-weights", "--vae-tiling", "--attention-backend", "--compile", "--batch-cfg",

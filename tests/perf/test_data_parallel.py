@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 
 from bindweave import cli, generate
-from bindweave.default_model import build_tiny_random_pipeline
+from bindweave.testing import build_tiny_random_pipeline
 
 WORLD = 2
 IDS = ["case_a", "case_b", "case_c", "case_d"]

@@ -13,7 +13,7 @@ from bindweave.pipeline import BindWeavePipeline
 from bindweave.toy.ablation import ABLATIONS, AblatedBindWeavePipeline
 from bindweave.toy.evaluate import ToyEvalConfig, format_table, toy_eval
 from bindweave.toy.export import export_pipeline
-from bindweave.toy.model import TOY_SIZE, build_toy_pipeline, toy_corpus, toy_vae
+from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE, build_toy_pipeline, toy_corpus, toy_vae
 from bindweave.toy.vae import ToyBaseConfig, run_toy_base, toy_vae_batch
 
 
@@ -93,6 +93,7 @@ def test_ablations_zero_exactly_one_stream(toy_pipe, name):
     runs = {}
     for ablation in (ABLATIONS["full"], ABLATIONS[name]):
         pipe = AblatedBindWeavePipeline.from_pipeline(toy_pipe, ablation)
+        assert pipe.config.default_guidance_scale == toy_pipe.config.default_guidance_scale == TOY_GUIDANCE
         handle = pipe.transformer.register_forward_pre_hook(capture(pipe), with_kwargs=True)
         try:
             pipe("On a grey background, the subject rises.", demo_references(), num_inference_steps=1,
@@ -158,6 +159,7 @@ def test_toy_eval_scores_variants_and_resumes(tmp_path, toy_pipe):
     table = format_table(results)
     assert table.splitlines()[2].startswith("| trained | ") and "ground-truth" in table
     saved = (tmp_path / "trained.json").read_text()
+    assert json.loads(saved)["settings"]["guidance_scale"] == TOY_GUIDANCE == 1.0  # the model's own default
     again = toy_eval(toy_pipe, config)  # reused from disk, not regenerated
     assert (tmp_path / "trained.json").read_text() == saved and again == results
     with pytest.raises(ValueError, match="unknown"):

@@ -8,8 +8,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from bindweave.default_model import build_tiny_random_pipeline
 from bindweave.generate import ModelConfig
+from bindweave.testing import build_tiny_random_pipeline
 from bindweave.ui.handlers import PipelineLoader
 
 

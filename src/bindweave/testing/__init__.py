@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from bindweave._lazy import lazy_getattr
 
 if TYPE_CHECKING:
+    from bindweave.testing.pipeline import TINY_SIZE, build_tiny_random_pipeline
     from bindweave.testing.release import ReleaseFolders, build_tiny_release, tiny_transformer_kwargs
     from bindweave.testing.tokenizers import (
         QWEN2_5_VL_CHAT_TEMPLATE,
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     )
 
 _EXPORTS = {
+    "TINY_SIZE": "pipeline",
+    "build_tiny_random_pipeline": "pipeline",
     "QWEN2_5_VL_CHAT_TEMPLATE": "tokenizers",
     "build_qwen2_tokenizer": "tokenizers",
     "build_umt5_tokenizer": "tokenizers",
@@ -28,7 +31,9 @@ _EXPORTS = {
 
 __all__ = [
     "QWEN2_5_VL_CHAT_TEMPLATE",
+    "TINY_SIZE",
     "ReleaseFolders",
+    "build_tiny_random_pipeline",
     "build_qwen2_tokenizer",
     "build_tiny_release",
     "build_umt5_tokenizer",

@@ -44,7 +44,7 @@ class AblatedBindWeavePipeline(BindWeavePipeline):
     @classmethod
     def from_pipeline(cls, pipe: BindWeavePipeline, ablation: Ablation) -> AblatedBindWeavePipeline:
         """The same components (shared, not copied) with ``ablation`` applied."""
-        defaults = {k: pipe.config[k] for k in ("default_height", "default_width", "default_num_frames")}
+        defaults = {k: v for k, v in pipe.config.items() if k.startswith("default_")}  # size, guidance
         ablated = cls(**pipe.components, **defaults)
         ablated.ablation = ablation
         return ablated

@@ -17,6 +17,7 @@ standard error over samples) is printed and written to ``<out>/table.md`` and ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ class ToyEvalConfig:
     )
     num_samples: int = field(32, help="held-out samples per variant")
     steps: int = field(25, help="sampling steps")
-    guidance_scale: float = field(5.0, help="classifier-free guidance scale")
+    guidance_scale: float | None = field(
+        None, help="classifier-free guidance scale (default: the model's; 1.0 for the toy model)"
+    )
     world_seed: int = field(0, help="world seed of the held-out split")
     init_seed: int = field(0, help="seed of the random-init variant's DiT")
     out: Path = field(Path("outputs/toy-eval"), help="folder for the scores, table.md and results.json")
@@ -93,9 +96,17 @@ def _generate(pipe, index: int, config: ToyEvalConfig) -> tuple[np.ndarray, np.n
     return frames, truth, scene
 
 
+def with_model_guidance(config: ToyEvalConfig, pipe) -> ToyEvalConfig:
+    """``config`` with an unset guidance scale replaced by the model's own default."""
+    if config.guidance_scale is not None:
+        return config
+    return dataclasses.replace(config, guidance_scale=pipe.config.default_guidance_scale)
+
+
 def toy_eval(pipe, config: ToyEvalConfig) -> dict[str, list[ClipScores]]:
     """Per-sample scores of every variant in ``config.variants``, resuming from ``config.out``."""
     config.validate()
+    config = with_model_guidance(config, pipe)
     settings = {k: v for k, v in to_dict(config).items() if k in _SETTINGS}
     results: dict[str, list[ClipScores]] = {}
     for variant in config.variants:
@@ -145,6 +156,7 @@ def run_toy_eval(config: ToyEvalConfig) -> dict[str, dict[str, float]]:
     config.validate()
     config.out.mkdir(parents=True, exist_ok=True)
     pipe = BindWeavePipeline.from_pretrained(config.model, torch_dtype=torch.float32)
+    config = with_model_guidance(config, pipe)
     results = toy_eval(pipe, config)
     table = format_table(results)
     atomic_write_text(config.out / "table.md", table)

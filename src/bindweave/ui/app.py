@@ -16,7 +16,7 @@ import torch
 
 from ..conditioning.references import MAX_REFERENCES
 from ..conditioning.text import DEFAULT_NEGATIVE_PROMPT
-from ..default_model import DEFAULT_PROMPT
+from ..default_model import demo_prompt
 from ..generate import resolve_device
 from .handlers import (
     CUSTOM,
@@ -46,7 +46,6 @@ THEME = gr.themes.Default(
 CSS = "#preview img, #strip img { image-rendering: pixelated; }"
 MODEL_QUEUE = "model"
 PAPER_STEPS = 50
-PAPER_GUIDANCE = 5.0
 
 
 def _user_error(err: BaseException) -> gr.Error:
@@ -67,7 +66,7 @@ def _model_label(pipe_loader: PipelineLoader) -> str:
         return f"released BindWeave (`{config.transformer}` on `{config.wan}`)"
     if config.model is not None:
         return f"`{config.model}`"
-    return "the embedded tiny default model (random weights: expect coloured noise, not your subjects)"
+    return "the embedded toy BindWeave (trained on the toy world only: sprites on plain backgrounds)"
 
 
 def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactory | None = None) -> gr.Blocks:
@@ -76,7 +75,9 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
     The pipeline is loaded here (if it is not yet) to read its native size for the resolution presets.
     """
     out_dir = Path(out_dir).resolve()
-    native = native_size(pipe_loader())
+    pipe = pipe_loader()
+    native = native_size(pipe)
+    model_guidance = pipe.config.default_guidance_scale  # 5.0 for the released model, 1.0 for the toy
     presets = resolution_presets(native)
     modes = memory_modes()
     on_gpu = resolve_device(pipe_loader.config.device).type == "cuda"
@@ -206,7 +207,7 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
                     interactive=False,
                     elem_id="preview",
                 )
-                prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=3, elem_id="prompt")
+                prompt = gr.Textbox(label="Prompt", value=demo_prompt(), lines=3, elem_id="prompt")
                 refine_button = gr.Button("Refine prompt", visible=refiner is not None, elem_id="refine")
                 negative_prompt = gr.Textbox(
                     label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=2, elem_id="negative"
@@ -226,7 +227,7 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
                     with gr.Row():
                         steps = gr.Number(PAPER_STEPS, label="Steps", precision=0, minimum=1, elem_id="steps")
                         guidance = gr.Number(
-                            PAPER_GUIDANCE, label="Guidance", minimum=1, step=0.5, elem_id="guidance"
+                            model_guidance, label="Guidance", minimum=1, step=0.5, elem_id="guidance"
                         )
                     with gr.Row():
                         random_seed = gr.Checkbox(True, label="Random seed", elem_id="random-seed")

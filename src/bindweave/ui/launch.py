@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import field
+from ..default_model import default_model_path
 from ..generate import ModelConfig
 from ..refine import PromptRefiner, RefineOptions
 from .handlers import PipelineLoader, UIError, model_config_of
@@ -103,7 +104,7 @@ def run_ui(config: UIConfig) -> None:
     check_model_paths(model)
     loader = PipelineLoader(model)
     if model.model is None and model.wan is None:
-        print("Using the embedded default model: its weights are random, expect coloured noise.")
+        print(f"Using the embedded default model, the toy BindWeave ({default_model_path()}).")
     loader()  # wrong model paths fail here, before the page is served
     app = build_app(loader, out_dir=config.out, refiner=make_refiner(config, loader))
     launch_app(app, config.host, config.port, config.out, share=config.share)

@@ -1,0 +1,53 @@
+"""The shipped toy model: the package's default, loaded from its folder, and better than a random DiT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bindweave.default_model import SHIPPED_MODEL, default_model_path, demo_prompt, demo_references
+from bindweave.pipeline import BindWeavePipeline
+from bindweave.toy.evaluate import ToyEvalConfig, toy_eval
+from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return BindWeavePipeline.from_pretrained(default_model_path(), torch_dtype=torch.float32)
+
+
+def test_the_shipped_model_is_a_small_safetensors_pipeline_folder():
+    files = [p for p in SHIPPED_MODEL.rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert {p.parent.name for p in weights} == {"transformer", "vae", "text_encoder", "image_encoder", "mllm"}
+    assert sum(p.stat().st_size for p in files) < 10 * 2**20
+    assert (SHIPPED_MODEL / "model_index.json").is_file()
+
+
+def test_the_shipped_model_loads_at_the_toy_size(shipped):
+    assert {k: shipped.config[f"default_{k}"] for k in TOY_SIZE} == TOY_SIZE
+    assert shipped.config.default_guidance_scale == TOY_GUIDANCE
+    assert shipped.vae.config.scale_factor_spatial == 4
+    assert not any(p.requires_grad and p.isnan().any() for p in shipped.transformer.parameters())
+
+
+def test_the_demo_scene_is_from_the_generators_demo_split():
+    references = demo_references()
+    assert len(references) == 2 and all(r.mode == "RGB" for r in references)
+    assert demo_prompt().startswith("On a ") and "image 1" in demo_prompt()
+
+
+def test_the_shipped_model_beats_a_random_dit(shipped, tmp_path):
+    """On held-out scenes, trained vs a freshly initialised DiT in the same pipeline, same noise.
+
+    Measured on 16 samples with 15 steps: PSNR 18.9 vs 13.3 dB (the model draws the prompt's background);
+    fidelity 0.30 vs 0.26 is within two standard errors, so only PSNR has a margin to test.
+    """
+    config = ToyEvalConfig(
+        model=default_model_path(), variants=["trained", "random-init"], num_samples=6, steps=10, out=tmp_path
+    )
+    results = toy_eval(shipped, config)
+    trained, random = (np.mean([s.psnr for s in results[v]]) for v in ("trained", "random-init"))
+    assert trained > random + 3.0
