@@ -30,7 +30,7 @@ def test_the_shipped_model_loads_at_the_toy_size(shipped):
     assert {k: shipped.config[f"default_{k}"] for k in TOY_SIZE} == TOY_SIZE
     assert shipped.config.default_guidance_scale == TOY_GUIDANCE
     assert shipped.vae.config.scale_factor_spatial == 4
-    assert not any(p.requires_grad and p.isnan().any() for p in shipped.transformer.parameters())
+    assert not any(p.isnan().any() for p in shipped.transformer.parameters())
 
 
 def test_the_demo_scene_is_from_the_generators_demo_split():

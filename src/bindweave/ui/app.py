@@ -72,7 +72,8 @@ def _model_label(pipe_loader: PipelineLoader) -> str:
 def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactory | None = None) -> gr.Blocks:
     """The page, bound to a pipeline loader, a result folder and an optional prompt refiner.
 
-    The pipeline is loaded here (if it is not yet) to read its native size for the resolution presets.
+    The pipeline is loaded here (if it is not yet) to read its native size for the resolution presets and
+    its saved guidance scale for the Guidance box.
     """
     out_dir = Path(out_dir).resolve()
     pipe = pipe_loader()
