@@ -30,7 +30,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 # Train the toy BindWeave from nothing (see README, "The toy world"): 99 min on a 2-core CPU (measured),
-# and bitwise the shipped model there.
+# where its output is byte-identical to the shipped model's weights.
 # Every step but the VAE's resumes if interrupted. Paths match configs/toy.yaml. The shipped default model
 # is this recipe's runs/toy/model, exported to src/bindweave/assets/toy-bindweave.
 TOY := runs/toy
