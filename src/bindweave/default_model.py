@@ -29,6 +29,11 @@ def default_model_path() -> Path:
     return SHIPPED_MODEL
 
 
+def default_model_notice() -> str:
+    """The line a command prints when it runs the embedded default model."""
+    return f"Using the embedded default model, the toy BindWeave ({default_model_path()})."
+
+
 @cache
 def _demo_scene():
     from .toy.dataset import toy_scene

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .config import field
-from .default_model import default_model_path, demo_prompt, demo_references
+from .default_model import default_model_notice, demo_prompt, demo_references
 from .generate import ModelConfig, load_pipeline
 from .io.files import ensure_writable_dir
 from .io.strip import write_strip
@@ -30,8 +30,8 @@ class DemoConfig(ModelConfig):
 def run_demo(config: DemoConfig) -> tuple[Path, Path]:
     video_path, strip_path = config.out / "demo.mp4", config.out / "demo.png"
     ensure_writable_dir(video_path)
-    if config.model is None and config.wan is None:
-        print(f"Using the embedded default model, the toy BindWeave ({default_model_path()}).")
+    if config.uses_default_model:
+        print(default_model_notice())
     pipe = load_pipeline(config)
     references = demo_references()
     frames = pipe(

@@ -58,6 +58,11 @@ class WeightsConfig:
     dtype: Dtype = field("auto", help="weights dtype; auto = bfloat16 on CUDA, float32 on CPU")
     device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
 
+    @property
+    def uses_default_model(self) -> bool:
+        """Neither ``--model`` nor ``--wan`` given: the embedded default model is loaded."""
+        return self.model is None and self.wan is None
+
     def check_folders(self) -> None:
         """Every named weights folder exists, checked before anything is loaded."""
         if (self.wan is None) != (self.transformer is None):

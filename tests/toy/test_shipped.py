@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from bindweave.default_model import SHIPPED_MODEL, default_model_path, demo_prompt, demo_references
+from bindweave.default_model import (
+    SHIPPED_MODEL,
+    default_model_notice,
+    default_model_path,
+    demo_prompt,
+    demo_references,
+)
+from bindweave.generate import WeightsConfig
 from bindweave.pipeline import BindWeavePipeline
 from bindweave.toy.evaluate import ToyEvalConfig, toy_eval
 from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE
@@ -51,3 +58,10 @@ def test_the_shipped_model_beats_a_random_dit(shipped, tmp_path):
     results = toy_eval(shipped, config)
     trained, random = (np.mean([s.psnr for s in results[v]]) for v in ("trained", "random-init"))
     assert trained > random + 3.0
+
+
+def test_the_default_model_is_announced_only_when_no_weights_are_named(tmp_path):
+    assert WeightsConfig().uses_default_model
+    assert not WeightsConfig(model=tmp_path).uses_default_model
+    assert not WeightsConfig(wan=tmp_path, transformer=tmp_path).uses_default_model
+    assert str(SHIPPED_MODEL) in default_model_notice()

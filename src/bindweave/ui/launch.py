@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import field
-from ..default_model import default_model_path
+from ..default_model import default_model_notice
 from ..generate import ModelConfig
 from ..refine import PromptRefiner, RefineOptions
 from .handlers import PipelineLoader, UIError, model_config_of
@@ -103,8 +103,8 @@ def run_ui(config: UIConfig) -> None:
     model = model_config_of(config)
     check_model_paths(model)
     loader = PipelineLoader(model)
-    if model.model is None and model.wan is None:
-        print(f"Using the embedded default model, the toy BindWeave ({default_model_path()}).")
+    if model.uses_default_model:
+        print(default_model_notice())
     loader()  # wrong model paths fail here, before the page is served
     app = build_app(loader, out_dir=config.out, refiner=make_refiner(config, loader))
     launch_app(app, config.host, config.port, config.out, share=config.share)
