@@ -1,8 +1,9 @@
-"""MLLM stream (spec 2.5): pre-scaling, the Qwen2.5-VL chat, image-token counts and pre-final-norm states.
+"""MLLM stream (spec 2.5): pre-scaling, the Qwen2.5-VL chat, image-token counts and post-norm states.
 
 Oracles: hand-computed sizes, Qwen's ``smart_resize`` arithmetic re-implemented here, the chat format
 written out literally, the tiny tokenizer on the expected (hand-expanded) text, and independent forwards
-of the stock ``Qwen2_5_VLForConditionalGeneration`` (a deep copy whose final norm is an ``Identity``).
+of the stock ``Qwen2_5_VLModel`` (``last_hidden_state``) on a tiny Qwen2.5-VL whose final-norm weight is
+far from all ones, so that pre- and post-norm states cannot be mistaken for each other.
 """
 
 from __future__ import annotations
@@ -165,6 +166,46 @@ def test_processor_has_the_qwen_default_pixel_limits(processor) -> None:
     assert processor.image_processor.patch_size == PATCH and processor.image_processor.merge_size == MERGE
 
 
+@pytest.fixture
+def requested_backends(monkeypatch) -> list[str | None]:
+    """The ``backend`` every ``AutoImageProcessor.from_pretrained`` call asks for, in order."""
+    from transformers import AutoImageProcessor
+
+    requested: list[str | None] = []
+    original = AutoImageProcessor.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        requested.append(kwargs.get("backend"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoImageProcessor, "from_pretrained", classmethod(spy))
+    return requested
+
+
+def test_processor_asks_for_the_pil_image_backend(release: ReleaseFolders, requested_backends) -> None:
+    """Whether or not torchvision is installed, the image processor is the PIL one (spec 2.5)."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    processor = load_mllm_processor(release.mllm)
+    assert requested_backends == ["pil"]
+    assert type(processor.image_processor) is Qwen2VLImageProcessorPil
+
+
+def test_saved_processor_reloads_with_the_pil_image_backend(
+    tmp_path: Path, processor, requested_backends
+) -> None:
+    """diffusers loads a pipeline's ``mllm_processor`` through the class's own ``from_pretrained``."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    from bindweave.conditioning.mllm import QwenVLImageProcessor
+
+    processor.save_pretrained(tmp_path)
+    reloaded = QwenVLImageProcessor.from_pretrained(tmp_path)
+    assert requested_backends == ["pil"]
+    assert type(reloaded.image_processor) is Qwen2VLImageProcessorPil
+    assert reloaded.tokenizer("a cat").input_ids == processor.tokenizer("a cat").input_ids
+
+
 @pytest.mark.parametrize("num_images", [1, 2])
 def test_chat_renders_the_qwen2_5_vl_format(processor, num_images: int) -> None:
     text = processor.apply_chat_template(
@@ -236,35 +277,45 @@ def _independent_inputs(processor, images: list[PIL.Image.Image]) -> dict[str, t
     return dict(processor(text=[_chat(PROMPT, len(images))], images=scaled, return_tensors="pt"))
 
 
-def test_encode_mllm_returns_pre_final_norm_states(processor, mllm, small_images) -> None:
-    states = encode_mllm(mllm, processor, PROMPT, small_images)
+@pytest.fixture(scope="module")
+def mllm_scaled_norm(mllm) -> Qwen2_5_VLForConditionalGeneration:
+    """The tiny MLLM with a final-norm weight in [0.2, 5]: a trained model's is far from all ones."""
+    scaled = copy.deepcopy(mllm)
+    g = torch.Generator().manual_seed(7)
+    weight = scaled.model.language_model.norm.weight
+    with torch.no_grad():
+        weight.copy_(torch.exp(torch.empty_like(weight).uniform_(-1.6, 1.6, generator=g)))
+    return scaled
+
+
+def test_encode_mllm_returns_the_stock_post_norm_last_hidden_state(
+    processor, mllm_scaled_norm, small_images
+) -> None:
+    states = encode_mllm(mllm_scaled_norm, processor, PROMPT, small_images)
 
     inputs = _independent_inputs(processor, small_images)
-    no_norm = copy.deepcopy(mllm)
-    no_norm.model.language_model.norm = torch.nn.Identity()
     with torch.no_grad():
-        expected = no_norm.model(**inputs).last_hidden_state
-
+        expected = mllm_scaled_norm.model(**inputs).last_hidden_state  # after the final RMSNorm, no LM head
+        with_head = mllm_scaled_norm(**inputs, output_hidden_states=True)
     length = inputs["input_ids"].shape[1]
     assert states.shape == (1, length, TINY_MLLM_DIM)
     assert states.dtype == torch.float32
     torch.testing.assert_close(states, expected)
+    # In transformers 5, hidden_states[-1] of the full model is the same tensor (spec 2.5).
+    torch.testing.assert_close(states, with_head.hidden_states[-1])
 
 
-def test_encode_mllm_states_normalised_equal_the_stock_last_hidden_state(
-    processor, mllm, small_images
-) -> None:
-    states = encode_mllm(mllm, processor, PROMPT, small_images)
+def test_encode_mllm_states_are_not_the_pre_norm_states(processor, mllm_scaled_norm, small_images) -> None:
+    """The test above can fail: the pre-norm states (the norm replaced by Identity) are far from them."""
+    states = encode_mllm(mllm_scaled_norm, processor, PROMPT, small_images)
 
-    inputs = _independent_inputs(processor, small_images)
+    no_norm = copy.deepcopy(mllm_scaled_norm)
+    no_norm.model.language_model.norm = torch.nn.Identity()
     with torch.no_grad():
-        stock = mllm(**inputs, output_hidden_states=True)
-        base = mllm.model(**inputs)
-        normed = mllm.model.language_model.norm(states)
-    torch.testing.assert_close(normed, stock.hidden_states[-1])
-    torch.testing.assert_close(normed, base.last_hidden_state)
-    # hidden_states[-1] is after the norm (transformers 5): the states under test must differ from it.
-    assert not torch.allclose(states, stock.hidden_states[-1], atol=1e-3)
+        pre_norm = no_norm.model(**_independent_inputs(processor, small_images)).last_hidden_state
+        renormed = mllm_scaled_norm.model.language_model.norm(pre_norm)
+    assert (states - pre_norm).abs().max() > 0.1 * pre_norm.abs().max()
+    torch.testing.assert_close(states, renormed)  # post-norm = norm(pre-norm), token by token
 
 
 def test_encode_mllm_depends_on_the_images(processor, mllm, small_images) -> None:
@@ -282,6 +333,16 @@ def test_load_mllm_states_reads_the_released_fixture(fixtures_dir: Path) -> None
     states = load_mllm_states(path, mllm_dim=3584)
     assert states.shape == (1, 526, 3584)
     assert states.dtype == torch.bfloat16
+
+
+def test_released_states_are_post_norm(fixtures_dir: Path) -> None:
+    """The released 7B files: every token's RMS is 2.5-6.3, token 0 included (pre-norm Qwen2.5 states have a
+    first token of massive activations), so they are the final norm's output (spec 2.5)."""
+    for name in ("singleface_hidden_states.pt", "singleface_hidden_states_negative.pt"):
+        states = load_mllm_states(fixtures_dir / "hidden_states" / name, mllm_dim=3584).float()
+        rms = states.pow(2).mean(-1).sqrt()[0]  # (L,)
+        assert 2.5 < rms.min() and rms.max() < 6.4, (name, rms.min(), rms.max())
+        assert rms[0] < 2 * rms.median(), name
 
 
 def test_load_mllm_states_fixture_with_wrong_dim_names_file_and_dims(fixtures_dir: Path) -> None:

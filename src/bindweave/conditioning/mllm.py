@@ -1,13 +1,16 @@
 """MLLM stream: Qwen2.5-VL reads the prompt and the references together (spec 2.5).
 
-The kept tensor is the output of the last decoder layer *before* the final RMSNorm, full length:
-``(1, L, 3584)`` for Qwen2.5-VL-7B. transformers' ``hidden_states[-1]`` is after the norm, so the
-states are taken with a forward pre-hook on the norm instead.
+The kept tensor is the output of the last decoder layer *after* the final RMSNorm, without the LM head,
+full length: ``(1, L, 3584)`` for Qwen2.5-VL-7B, i.e. transformers' ``Qwen2_5_VLModel(...).last_hidden_state``.
+The release's extraction runs Megatron's decoder with its final layernorm, and its ``.pt`` files agree:
+every token's RMS is 2.5-6.3, token 0 included (pre-norm Qwen2.5 states carry massive activations there).
+
+Images go through the PIL image processor, as the release's ``qwen_vl_utils`` + slow processor did, also
+when torchvision is installed: transformers' torchvision backend resizes differently.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +33,8 @@ class QwenVLImageProcessor(Qwen2_5_VLProcessor):
     """The stock ``Qwen2_5_VLProcessor`` without its video processor.
 
     The stock processor cannot be built without torchvision because of its video processor, which
-    BindWeave never uses. Tokenisation, image-token expansion and the modality ids that Qwen2.5-VL's
+    BindWeave never uses, and it would pick the torchvision image backend where that is installed. This
+    class is used with or without torchvision (:func:`load_mllm_processor`). Tokenisation, image-token expansion and the modality ids that Qwen2.5-VL's
     3D RoPE needs are inherited unchanged.
     """
 
@@ -46,11 +50,21 @@ class QwenVLImageProcessor(Qwen2_5_VLProcessor):
         # Skip Qwen2_5_VLProcessor.__init__, which requires the video processor.
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """The saved processor, with the PIL image backend unless another is asked for (spec 2.5).
 
-def load_mllm_processor(path: str | os.PathLike) -> ProcessorMixin:
-    """The stock Qwen2.5-VL processor when torchvision is installed, else :class:`QwenVLImageProcessor`."""
-    if importlib.util.find_spec("torchvision") is not None:
-        return Qwen2_5_VLProcessor.from_pretrained(path)
+        diffusers loads a pipeline's ``mllm_processor`` through this method too.
+        """
+        kwargs.setdefault("backend", "pil")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+
+def load_mllm_processor(path: str | os.PathLike) -> QwenVLImageProcessor:
+    """Qwen2.5-VL's processor with the PIL image backend (spec 2.5), whether or not torchvision is installed.
+
+    Tokenisation is the stock processor's; only the video processor, never used, is left out.
+    """
     return QwenVLImageProcessor.from_pretrained(path)
 
 
@@ -84,7 +98,7 @@ def encode_mllm(
     images: Sequence[PIL.Image.Image],
     device: torch.device | None = None,
 ):
-    """``(1, L, hidden)`` pre-final-norm states of the last decoder layer, for one prompt + references.
+    """``(1, L, hidden)`` states of the last decoder layer after the final norm, for one prompt + references.
 
     ``device``: where the MLLM runs (default: where its weights are; pass it when offloading hooks move them).
     """
@@ -94,14 +108,7 @@ def encode_mllm(
     inputs = {k: v.to(device or param.device) for k, v in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(param.dtype)
-
-    captured: list[torch.Tensor] = []
-    hook = model.language_model.norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
-    try:
-        model(**inputs, use_cache=False)
-    finally:
-        hook.remove()
-    return captured[-1]
+    return model(**inputs, use_cache=False).last_hidden_state
 
 
 def load_mllm_states(source: torch.Tensor | str | os.PathLike, mllm_dim: int, name: str = "MLLM states"):
