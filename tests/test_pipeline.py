@@ -143,12 +143,41 @@ def test_scheduler_has_the_released_sampler_settings(pipe):
     assert (
         config.lower_order_final and config.final_sigmas_type == "zero" and config.num_train_timesteps == 1000
     )
-    pipe.scheduler.set_timesteps(50)
-    sigmas = pipe.scheduler.sigmas.double()
-    assert len(pipe.scheduler.timesteps) == 50 and sigmas[-1] == 0
-    # The shifted flow sigmas: s' = 3 s / (1 + 2 s) over an evenly spaced s grid.
-    s = np.linspace(1, 1 / 1000, 51)[:-1]
-    np.testing.assert_allclose(sigmas[:-1].numpy(), 3 * s / (1 + 2 * s), rtol=1e-5)
+
+
+def test_sampling_runs_on_the_released_sigma_table(pipe, refs):
+    """The timesteps the DiT sees are diffusers 0.33.1's (999, 992, 985, ... at 50 steps), not the installed
+    diffusers' own table; shift 3 on the 0.33.1 grid, computed here in plain Python."""
+    steps = 7
+    seen = []
+
+    def record(_pipe, _i, t, tensors):
+        seen.append(int(t))
+        return tensors
+
+    run(pipe, refs, num_inference_steps=steps, callback_on_step_end=record)
+    grid = [1 - a for a in reversed([1 + i * (1 / 1000 - 1) / steps for i in range(steps)] + [1 / 1000])][:-1]
+    assert seen == [int(3 * s / (1 + 2 * s) * 1000) for s in grid]
+    assert pipe.scheduler.sigmas[-1] == 0
+
+    pipe.prepare_timesteps(50)
+    assert pipe.scheduler.timesteps[:3].tolist() == [999, 992, 985]
+    assert pipe.scheduler.timesteps[-2:].tolist() == [111, 57]
+
+
+def test_a_scheduler_that_ignores_the_explicit_table_is_refused(pipe, monkeypatch):
+    """A diffusers that treated explicit sigmas differently would fail loudly, not sample another table."""
+    scheduler = pipe.scheduler
+    set_timesteps = type(scheduler).set_timesteps
+    monkeypatch.setattr(
+        type(scheduler),
+        "set_timesteps",
+        lambda self, num_inference_steps=None, device=None, sigmas=None: set_timesteps(
+            self, len(sigmas), device=device
+        ),
+    )
+    with pytest.raises(RuntimeError, match="did not take the released sigma table"):
+        pipe.prepare_timesteps(50)
 
 
 def test_precomputed_mllm_states_without_an_mllm(release, pipe, refs):

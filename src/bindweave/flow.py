@@ -2,10 +2,16 @@
 
 Convention: ``x_t = (1 - s) x_0 + s * eps`` with ``s`` in [0, 1] (``s = 1`` is pure noise), the model
 predicts the velocity ``v = eps - x_0``, and timesteps are ``1000 * s``.
+
+The sampler's sigma table is the one of diffusers 0.33.1, the version the release pins (spec 3): newer
+diffusers space the flow sigmas differently (at 50 steps, 40 of the 50 timesteps differ by 1-3), so the
+pipeline passes the released grid to the scheduler explicitly (:func:`released_sigma_grid`) and checks the
+table it gets against :func:`released_sampling_sigmas`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from diffusers import UniPCMultistepScheduler
 
@@ -23,6 +29,33 @@ def training_sigmas(num_timesteps: int = NUM_TRAIN_TIMESTEPS, shift: float = TRA
     """The training table: ``num_timesteps`` sigmas from 1 towards 0 (the final 0 dropped), shifted."""
     sigmas = torch.linspace(1.0, 0.0, num_timesteps + 1, dtype=torch.float64)[:-1]
     return shift_sigmas(sigmas, shift)
+
+
+def released_sigma_grid(num_steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> np.ndarray:
+    """diffusers 0.33.1's unshifted flow-sigma grid for UniPC: ``num_steps`` values from ``1 - 1/T`` down.
+
+    0.33.1 spaces ``alpha`` evenly over ``[1, 1/T]`` and takes ``1 - alpha`` (flipped, the final 0 dropped);
+    diffusers >= 0.42 spaces the sigmas themselves over ``[1, 1/T]``. float64, as diffusers computes it.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    alphas = np.linspace(1, 1 / num_train_timesteps, num_steps + 1)
+    return np.flip(1.0 - alphas)[:-1].copy()  # (num_steps,)
+
+
+def released_sampling_sigmas(
+    num_steps: int, shift: float = SAMPLING_SHIFT, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The released sampler's table (diffusers 0.33.1, spec 3): ``(sigmas, timesteps)``.
+
+    ``sigmas``: ``(num_steps + 1,)`` float32, the shifted grid then a final 0; ``timesteps``: ``(num_steps,)``
+    int64, ``T * sigma`` truncated. 50 steps at shift 3: 999, 992, 985, ..., 111, 57.
+    """
+    grid = released_sigma_grid(num_steps, num_train_timesteps)
+    shifted = shift * grid / (1 + (shift - 1) * grid)  # float64, as diffusers' shift_sigmas
+    sigmas = torch.from_numpy(np.append(shifted, 0.0).astype(np.float32))
+    timesteps = torch.from_numpy((shifted * num_train_timesteps).astype(np.int64))
+    return sigmas, timesteps
 
 
 def sigma_to_timestep(sigmas: torch.Tensor, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
@@ -57,7 +90,11 @@ def apply_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> to
 
 
 def sampling_scheduler(flow_shift: float = SAMPLING_SHIFT) -> UniPCMultistepScheduler:
-    """The released sampler: UniPC multistep (bh2, order 2) on shifted flow sigmas, final sigma 0."""
+    """The released sampler: UniPC multistep (bh2, order 2) on shifted flow sigmas, final sigma 0.
+
+    Its own ``set_timesteps(n)`` gives the installed diffusers' table; the pipeline sets the released one
+    (:meth:`bindweave.BindWeavePipeline.prepare_timesteps`).
+    """
     return UniPCMultistepScheduler(
         num_train_timesteps=NUM_TRAIN_TIMESTEPS,
         prediction_type="flow_prediction",

@@ -37,7 +37,7 @@ from .conditioning.mllm import MLLM_NEGATIVE_SUFFIX, encode_mllm, load_mllm_proc
 from .conditioning.references import Letterboxed, ReferenceInput, letterbox, load_references
 from .conditioning.text import DEFAULT_NEGATIVE_PROMPT, encode_t5
 from .denoiser import Conditioning, guided_velocity
-from .flow import sampling_scheduler
+from .flow import released_sampling_sigmas, released_sigma_grid, sampling_scheduler
 from .models import BindWeaveTransformer3DModel
 from .perf.caching import StepCacheSpec
 from .perf.cross_attention import context_kv_cache, install_fast_cross_attention
@@ -320,7 +320,7 @@ class BindWeavePipeline(DiffusionPipeline):
         callback_on_step_end: Callable | None,
     ) -> torch.Tensor:
         device = latents.device
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.prepare_timesteps(num_inference_steps, device)
         self._prepare_step_cache(num_inference_steps)
         reuse_context = (
             context_kv_cache(self.transformer) if self._context_kv_cache else contextlib.nullcontext()
@@ -345,6 +345,29 @@ class BindWeavePipeline(DiffusionPipeline):
                     latents = outputs.pop("latents", latents)
                 progress_bar.update()
         return latents
+
+    def prepare_timesteps(self, num_inference_steps: int, device: torch.device | None = None) -> None:
+        """Set the scheduler to the released sigma table (diffusers 0.33.1's, spec 3) for this many steps.
+
+        The grid is passed explicitly, so the table does not change with the installed diffusers; the table
+        the scheduler ends up with is checked, so a diffusers that treats explicit sigmas differently fails
+        here instead of silently sampling another table.
+        """
+        config = self.scheduler.config
+        shift, train_steps = config.flow_shift, config.num_train_timesteps
+        self.scheduler.set_timesteps(
+            sigmas=released_sigma_grid(num_inference_steps, train_steps), device=device
+        )
+        sigmas, timesteps = released_sampling_sigmas(num_inference_steps, shift, train_steps)
+        if not (
+            torch.equal(self.scheduler.sigmas.cpu(), sigmas)
+            and torch.equal(self.scheduler.timesteps.cpu(), timesteps)
+        ):
+            raise RuntimeError(
+                f"{type(self.scheduler).__name__} of the installed diffusers did not take the released sigma "
+                f"table (first timesteps {self.scheduler.timesteps[:3].tolist()}, expected "
+                f"{timesteps[:3].tolist()}): the scheduler must shift explicit flow sigmas with flow_shift"
+            )
 
     def _prepare_step_cache(self, num_inference_steps: int) -> None:
         """Apply the step cache for this many steps, starting from an empty cache state."""
