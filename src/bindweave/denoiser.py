@@ -120,9 +120,11 @@ def guided_velocity(
     guidance_scale: float,
     *,
     batch_cfg: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Velocity with classifier-free guidance; a single forward when guidance is off.
 
+    The guidance combination runs in ``dtype``: float32, or bf16 as the release does (spec 3).
     With ``batch_cfg`` both branches run as one batch (:func:`predict_velocities`). Each forward runs in
     a named diffusers cache context (``cond`` / ``uncond`` / ``cond_uncond``), so step caches keep one
     state per branch.
@@ -138,7 +140,7 @@ def guided_velocity(
             v_cond = predict_velocity(transformer, latents, timestep, cond)
         with _cache_context(transformer, "uncond"):
             v_uncond = predict_velocity(transformer, latents, timestep, uncond)
-    return apply_guidance(v_uncond.float(), v_cond.float(), guidance_scale)
+    return apply_guidance(v_uncond.to(dtype), v_cond.to(dtype), guidance_scale)
 
 
 @contextlib.contextmanager

@@ -40,10 +40,14 @@ from .denoiser import Conditioning, guided_velocity
 from .flow import released_sampling_sigmas, released_sigma_grid, sampling_scheduler
 from .models import BindWeaveTransformer3DModel
 from .perf.caching import StepCacheSpec
+from .perf.config import Precision
 from .perf.cross_attention import context_kv_cache, install_fast_cross_attention
 from .perf.parallel import ContextParallelKind, check_sequence_split, enable_context_parallel
 
 MLLMStates = torch.Tensor | str | os.PathLike
+
+#: dtype of the noise, the latents through the sampler, the CFG combination and the VAE (spec 3).
+PRECISION_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "released": torch.bfloat16}
 
 
 class BindWeavePipeline(DiffusionPipeline):
@@ -110,6 +114,7 @@ class BindWeavePipeline(DiffusionPipeline):
         self._step_cache: StepCacheSpec | None = None
         self._step_cache_steps: int | None = None
         self._context_parallel_degree = 1
+        self._sampling_dtype = torch.float32  # set_precision
 
     @classmethod
     def from_released(
@@ -189,6 +194,22 @@ class BindWeavePipeline(DiffusionPipeline):
         """
         enable_context_parallel(self.transformer, kind, degree)
         self._context_parallel_degree = degree
+
+    def set_precision(self, precision: Precision) -> None:
+        """Where the sampling runs in float32 (the default) or in bf16 as the release does (spec 3).
+
+        ``"float32"``: float32 noise, latents through the sampler, CFG combination and VAE; the more exact
+        choice. ``"released"``: bf16 noise drawn on the generator's device, bf16 latents through UniPC, a
+        bf16 CFG combination and a bf16 VAE (encode and decode), as the released pipeline computes. The VAE
+        is cast: going back to ``"float32"`` after ``"released"`` keeps its bf16-rounded weights.
+        """
+        if precision not in PRECISION_DTYPES:
+            raise ValueError(f"precision must be one of {sorted(PRECISION_DTYPES)}, got {precision!r}")
+        self._sampling_dtype = PRECISION_DTYPES[precision]
+        if self.vae.dtype != self._sampling_dtype:
+            # torch's own ``to``: diffusers' ModelMixin.to warns about float32-kept modules on every dtype
+            # cast, also for a model that keeps none, as the Wan VAE.
+            torch.nn.Module.to(self.vae, dtype=self._sampling_dtype)
 
     # ------------------------------------------------------------------ steps
 
@@ -308,7 +329,8 @@ class BindWeavePipeline(DiffusionPipeline):
             height // self.vae_scale_factor_spatial,
             width // self.vae_scale_factor_spatial,
         )
-        return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        # With a CPU generator the noise is drawn on the CPU and moved, as the release does.
+        return randn_tensor(shape, generator=generator, device=device, dtype=self._sampling_dtype)
 
     def denoise(
         self,
@@ -338,8 +360,11 @@ class BindWeavePipeline(DiffusionPipeline):
                     uncond,
                     guidance_scale,
                     batch_cfg=self._batch_cfg,
+                    dtype=self._sampling_dtype,
                 )
-                latents = self.scheduler.step(velocity.float(), t, latents, return_dict=False)[0]
+                latents = self.scheduler.step(
+                    velocity.to(self._sampling_dtype), t, latents, return_dict=False
+                )[0]
                 if callback_on_step_end is not None:
                     outputs = callback_on_step_end(self, i, t, {"latents": latents})
                     latents = outputs.pop("latents", latents)

@@ -15,7 +15,7 @@ from bindweave.testing import build_tiny_random_pipeline
 SMALL = ["--height", "32", "--width", "48", "--num-frames", "5", "--steps", "2"]
 FLAGS = ["--memory", "--fp8-weights", "--vae-tiling", "--attention-backend", "--compile", "--batch-cfg",
          "--context-kv-cache", "--cache", "--cache-threshold", "--cache-interval", "--mag-ratios",
-         "--context-parallel"]  # fmt: skip
+         "--context-parallel", "--precision"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,13 @@ __all__ = [
     "ContextParallelKind",
     "MemoryMode",
     "PerfConfig",
+    "Precision",
     "StepCacheKind",
     "apply_perf_config",
 ]
 
 MemoryMode = Literal["none", "model-offload", "group-offload", "sequential"]
+Precision = Literal["float32", "released"]
 StepCacheKind = Literal["none", "first-block", "mag", "taylorseer"]
 ContextParallelKind = Literal["none", "ulysses", "ring"]
 # Ring attention merges partial softmaxes with their log-sum-exp, which these backends return
@@ -78,6 +80,11 @@ class PerfConfig:
     mag_ratios: Path | None = field(None, help="mag: this model's MagCache ratios, a JSON list")
     context_parallel: ContextParallelKind = field(
         "none", help="split each video over the torchrun ranks: ulysses or ring (needs WORLD_SIZE > 1)"
+    )
+    precision: Precision = field(
+        "float32",
+        help="float32: noise, latents, CFG and VAE in float32 (more exact); released: bf16 noise, latents, "
+        "CFG and VAE as the release computes them (half the VAE memory)",
     )
 
     def validate_perf(self) -> None:
@@ -129,6 +136,7 @@ def apply_perf_config(
     if config.fp8_weights:
         enable_fp8_weights(transformer, compute_dtype=transformer.dtype)
     pipe.enable_step_cache(config.step_cache_spec())
+    pipe.set_precision(config.precision)  # casts the VAE: before it is offloaded
     if config.context_parallel != "none":
         if distributed is None:
             raise ValueError("--context-parallel needs the torchrun process group (init_distributed)")
