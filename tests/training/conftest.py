@@ -99,7 +99,6 @@ def tiny_config_dict(
             "fps": 16.0,
             "feature_dtype": "float32",
             "num_workers": 0,
-            "mllm_max_tokens": 128,
         },
         "stages": [{"name": "main", "steps": 3, "manifest": str(manifest), "lr": 1e-4}],
         "precision": "fp32",

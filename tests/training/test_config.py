@@ -38,7 +38,7 @@ def test_paper_recipe_loads_with_the_reported_settings():
         81,
         16,
     )
-    assert config.data.mllm_max_tokens == 512 and not config.data.first_frame_condition
+    assert not config.data.first_frame_condition
     assert config.model.transformer == CONFIGS / "../checkpoints/BindWeave"  # relative to the file
 
 
@@ -55,6 +55,58 @@ def test_minimal_config_gets_the_released_defaults(tmp_path):
     assert config.stages[0].manifest == tmp_path / "clips.jsonl"
     assert config.optimizer.betas == [0.9, 0.999] and config.trainable == "full"
     assert config.data.on_bad_sample == "error" and config.resume == "auto"
+    assert config.data.augment.enabled and config.data.augment.mode == "released"  # spec 4, as released
+    assert config.data.mllm_input == "released" and not config.data.first_frame_condition
+
+
+# file -> (stage lrs, weight decay, max grad norm, adam eps, augmentation mode, MLLM input)
+RECIPES = {
+    "paper_14b.yaml": ([5e-6, 5e-6], 0.0, None, 1e-8, "released", "released"),  # as the paper reports
+    "released_14b.yaml": ([1e-5], 5e-3, 1.0, 1e-8, "released", "released"),  # the released train_s2v.sh
+    "lora_single_gpu.yaml": ([1e-4], 0.0, 1.0, 1e-8, "released", "released"),
+    "toy.yaml": ([2e-3, 2e-4, 2e-3, 2e-4], 0.0, 1.0, 1e-8, "mild", "inference"),
+}
+
+
+def test_every_shipped_config_loads_with_its_recipe():
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(RECIPES)  # a new config joins the table
+    for name, (lrs, weight_decay, max_grad_norm, eps, augment, mllm_input) in RECIPES.items():
+        config = load_train_config(CONFIGS / name)
+        found = (
+            [s.lr for s in config.stages],
+            config.optimizer.weight_decay,
+            config.optimizer.max_grad_norm,
+            config.optimizer.eps,
+            config.data.augment.mode,
+            config.data.mllm_input,
+        )
+        assert found == (lrs, weight_decay, max_grad_norm, eps, augment, mllm_input), name
+        assert config.data.augment.enabled and not config.data.first_frame_condition, name
+        assert config.optimizer.betas == [0.9, 0.999], name
+
+
+def test_the_released_recipe_mirrors_the_released_script():
+    config = load_train_config(CONFIGS / "released_14b.yaml")
+    assert [(s.steps, s.warmup_steps) for s in config.stages] == [(5000, 0)]  # TRAIN_ITERS, no warmup
+    assert config.gradient_checkpointing and config.precision == "bf16" and config.trainable == "full"
+    assert config.micro_batch_size == 1 and config.gradient_accumulation_steps == 1
+    assert config.checkpoint.every_steps == 1000  # SAVE_INTERVAL
+    assert (config.data.height, config.data.width, config.data.num_frames) == (720, 1280, 81)
+
+
+def test_the_toy_keeps_its_mild_augmentation():
+    augment = load_train_config(CONFIGS / "toy.yaml").data.augment
+    assert (augment.mild.scale, augment.mild.rotation_degrees, augment.mild.flip_probability) == (
+        [0.9, 1.1],
+        5.0,
+        0.0,
+    )
+    assert (augment.mild.brightness, augment.mild.contrast, augment.mild.saturation, augment.mild.hue) == (
+        0.05,
+        0.05,
+        0.05,
+        0.0,
+    )
 
 
 def test_json_configs_load_too(tmp_path):
@@ -74,7 +126,19 @@ def test_json_configs_load_too(tmp_path):
         (MINIMAL.replace("lr: 5e-6", "lr: 5e-6, warmup: 3"), "stages[0].warmup: unknown key"),
         (MINIMAL + "micro_batch_size: two\n", "micro_batch_size: expected an integer, got 'two'"),
         (MINIMAL + "data: {height: 720.5}\n", "data.height: expected an integer"),
-        (MINIMAL + "data: {augment: {scale: 1.2}}\n", "data.augment.scale: expected a list"),
+        (MINIMAL + "data: {augment: {mild: {scale: 1.2}}}\n", "data.augment.mild.scale: expected a list"),
+        (
+            MINIMAL + "data: {augment: {mode: strong}}\n",
+            "data.augment.mode: expected one of ['released', 'mild']",
+        ),
+        (
+            MINIMAL + "data: {mllm_max_tokens: 512}\n",
+            "data.mllm_max_tokens: removed: MLLM states are kept at full length",
+        ),
+        (
+            MINIMAL + "data: {augment: {scale: [0.8, 1.2]}}\n",
+            "data.augment.scale: moved to data.augment.mild.scale, used with data.augment.mode: mild",
+        ),
         (MINIMAL + "trainable: everything\n", "trainable: expected one of ['full', 'connector', 'lora']"),
         (MINIMAL + "gradient_checkpointing: 1\n", "gradient_checkpointing: expected true or false"),
         (MINIMAL.replace("output_dir: out\n", ""), "output_dir: required key is missing"),

@@ -98,35 +98,39 @@ def test_resize_covers_the_bucket_then_centre_crops():
     assert video[:, :, :, 16].min() > 0.9  # the middle band is there
 
 
-def test_a_masked_reference_is_cropped_to_the_mask_on_white(tmp_path):
+def test_a_masked_reference_is_cropped_to_the_mask_on_white_with_the_mask_as_alpha(tmp_path):
     image = PIL.Image.fromarray(np.full((30, 40, 3), 50, dtype=np.uint8))
     mask = np.zeros((30, 40), dtype=bool)
     mask[5:15, 10:30] = True
     mask[5, 10] = False  # a pixel outside the subject, inside its bounding box
     cut = cut_out_subject(image, mask)
-    assert cut.size == (20, 10)
+    assert cut.mode == "RGBA" and cut.size == (20, 10)
     pixels = np.asarray(cut)
-    assert (pixels[0, 0] == 255).all() and (pixels[1:, 1:] == 50).all()
-    assert (np.asarray(cut_out_subject(image, mask, "black"))[0, 0] == 0).all()
+    assert pixels[0, 0].tolist() == [255, 255, 255, 0]  # white, transparent
+    assert (pixels[1:, 1:, :3] == 50).all() and (pixels[1:, 1:, 3] == 255).all()
+    assert np.array_equal(pixels[..., 3] == 255, mask[5:15, 10:30])
+    assert np.asarray(cut_out_subject(image, mask, "black"))[0, 0].tolist() == [0, 0, 0, 0]
 
     image_path, mask_path = write_subject(tmp_path, "s", (10, 200, 10))
     assert load_subject(image_path, mask_path).size == (18, 14)
-    assert load_subject(image_path, None).size == (40, 30)
+    unmasked = load_subject(image_path, None)
+    assert unmasked.size == (40, 30) and unmasked.mode == "RGBA" and np.asarray(unmasked)[..., 3].min() == 255
 
 
-def test_augmentation_is_seeded_per_clip_epoch_and_reference():
+def test_mild_augmentation_is_seeded_per_clip_epoch_and_reference():
     image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8))
-    config = AugmentConfig()
+    config = AugmentConfig(mode="mild")
 
     def augmented(epoch: int) -> np.ndarray:
-        return np.asarray(
-            augment_reference(image, config, augment_rng(seed=1, clip_line=3, epoch=epoch, reference=0))
-        )
+        rng = augment_rng(seed=1, clip_line=3, epoch=epoch, reference=0)
+        return np.asarray(augment_reference(image.convert("RGBA"), config, rng, 32, 32))
 
     assert np.array_equal(augmented(0), augmented(0))
     assert augmented(0).shape != augmented(1).shape or not np.array_equal(augmented(0), augmented(1))
-    off = augment_reference(image, AugmentConfig(enabled=False), augment_rng(1, 3, 0, 0))
-    assert off is image
+    off = augment_reference(
+        image.convert("RGBA"), AugmentConfig(enabled=False), augment_rng(1, 3, 0, 0), 32, 32
+    )
+    assert off.mode == "RGB" and np.array_equal(np.asarray(off), np.asarray(image))
 
 
 def test_sample_order_is_independent_of_the_process_layout():
@@ -152,6 +156,7 @@ def test_a_clip_loads_as_video_and_references(tiny_dataset):
     clip = dataset.load(1, epoch=0)
     assert clip.video.shape == (3, 9, 32, 32) and clip.video.dtype == torch.float32
     assert len(clip.references) == 2 and clip.prompt.startswith("A square number 1")
+    assert all(r.mode == "RGB" and r.size == (32, 32) for r in clip.references)  # released: target size
     again = dataset.load(1, epoch=0)
     assert torch.equal(clip.video, again.video)
     assert all(

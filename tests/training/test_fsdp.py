@@ -1,8 +1,10 @@
 """FSDP2 under ``torchrun`` (2 CPU processes, gloo) trains like one process with the same global batch,
-and resumes from its sharded checkpoint."""
+and resumes from its sharded checkpoint; micro-batches mix MLLM lengths, so each rank skips padding rows
+under FSDP2 and gradient checkpointing."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from bindweave.training.data import SampleStream
 from bindweave.training.metrics import read_metrics
 from bindweave.training.trainer import run_train
 
@@ -28,9 +31,22 @@ def test_fsdp2_on_two_processes_matches_one_process(tiny_cache, tiny_pipeline_di
         tiny_cache,
         stages=[{"name": "main", "steps": 3, "cache": str(tiny_cache), "lr": 1e-3}],
         gradient_checkpointing=True,
-        global_batch_size=2,
+        global_batch_size=4,
+        micro_batch_size=2,
     )
-    single = run_train(build_config({**base, "output_dir": str(tmp_path / "single"), "micro_batch_size": 2}))
+    # One process: micro-batches of stream positions (0, 1), (2, 3) per step; under FSDP2 rank r takes the
+    # same pairs. Some pair mixes a one-reference clip with a two-reference one (MLLM states of unequal
+    # length), so the padding rows are skipped under FSDP2 too.
+    references = {
+        c["line"]: c["num_references"] for c in json.loads((tiny_cache / "index.json").read_text())["clips"]
+    }
+    lines = sorted(references)
+    stream = SampleStream(len(lines), seed=0, stage=0)
+    pairs = [{references[lines[stream.key(p + i).index]] for i in (0, 1)} for p in range(0, 12, 2)]
+    assert {1, 2} in pairs
+    single = run_train(
+        build_config({**base, "output_dir": str(tmp_path / "single"), "gradient_accumulation_steps": 2})
+    )
 
     # Two launches: killed (stop_after_steps) after step 2, then resumed from the sharded checkpoint.
     fsdp = {**base, "output_dir": str(tmp_path / "fsdp")}

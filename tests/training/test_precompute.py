@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import safetensors.torch
 import torch
 
 from bindweave.io.files import atomic_write_json
-from bindweave.training.cache import CacheError, FeatureCache, feature_settings
+from bindweave.training.cache import CacheError, FeatureCache, FeatureCacheWriter, feature_settings
 from bindweave.training.config import PrecomputeConfig
-from bindweave.training.features import pad_mllm_states
 from bindweave.training.metrics import read_metrics
 from bindweave.training.precompute import run_precompute
 from bindweave.training.trainer import run_train
@@ -28,19 +28,8 @@ def test_the_cache_holds_every_clip_with_the_training_shapes(tiny_cache, tiny_da
     assert features.latents.shape == (16, 3, 4, 4)  # 9 frames of 32x32 -> (9 - 1) / 4 + 1 latent frames
     assert features.condition.shape == (20, 4 + 3, 4, 4)  # 4 reference slots + 3 video frames
     assert features.text.shape == (512, 32) and features.image.shape == (4 * 17, 32)
-    assert features.mllm.shape == (128, 32) and features.mllm_mask.dtype == torch.bool
-    real = int(features.mllm_mask.sum())
-    assert 0 < real < 128 and features.mllm[real:].abs().sum() == 0  # zero padding past the real tokens
+    assert features.mllm.shape[1] == 32 and "mllm_mask" not in features.tensors()
     assert features.condition[0, :2].amax() == 1 and features.condition[:, 2:4].abs().sum() == 0  # 2 refs
-
-
-def test_mllm_states_are_zero_padded_or_truncated_with_a_mask():
-    states = torch.arange(1, 13, dtype=torch.float32).view(6, 2)
-    padded, mask = pad_mllm_states(states, 8)
-    assert torch.equal(padded[:6], states) and padded[6:].abs().sum() == 0
-    assert mask.tolist() == [True] * 6 + [False] * 2
-    truncated, mask = pad_mllm_states(states, 4)
-    assert torch.equal(truncated, states[:4]) and bool(mask.all())
 
 
 def test_precompute_resumes_and_rejects_other_settings(tiny_cache, tiny_pipeline_dir, tiny_dataset, tmp_path):
@@ -61,6 +50,7 @@ def test_precompute_resumes_and_rejects_other_settings(tiny_cache, tiny_pipeline
 def test_training_from_the_cache_equals_online_encoding(
     tiny_cache, tiny_pipeline_dir, tiny_dataset, tmp_path
 ):
+    """Micro-batches of 2 clips (MLLM states of unequal length, padded per batch) from both sources."""
     manifest = tiny_dataset / "manifest.jsonl"
     stage = {"name": "main", "steps": 2, "lr": 1e-3}
     online = run_train(
@@ -70,13 +60,18 @@ def test_training_from_the_cache_equals_online_encoding(
                 tiny_pipeline_dir,
                 manifest,
                 stages=[{**stage, "manifest": str(manifest)}],
+                micro_batch_size=2,
             )
         )
     )
     cached = run_train(
         build_config(
             tiny_config_dict(
-                tmp_path / "cached", tiny_pipeline_dir, manifest, stages=[{**stage, "cache": str(tiny_cache)}]
+                tmp_path / "cached",
+                tiny_pipeline_dir,
+                manifest,
+                stages=[{**stage, "cache": str(tiny_cache)}],
+                micro_batch_size=2,
             )
         )
     )
@@ -89,6 +84,27 @@ def test_training_from_the_cache_equals_online_encoding(
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [m["step"] for m in read_metrics(tmp_path / "online")] == [1, 2]
+
+
+def test_a_cache_of_the_old_format_is_rejected(tiny_cache, tiny_pipeline_dir, tiny_dataset, tmp_path):
+    """Format 1 held MLLM states padded to mllm_max_tokens: reading or extending one says to re-run precompute."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_cache, old)
+    settings = json.loads((old / "features.json").read_text())
+    settings["format"] = "bindweave-feature-cache/1"
+    settings["data"]["mllm_max_tokens"] = 128
+    (old / "features.json").write_text(json.dumps(settings))
+
+    config = build_config(tiny_config_dict(tmp_path, tiny_pipeline_dir, tiny_dataset / "manifest.jsonl"))
+    expected = feature_settings(config.data, config.seed)
+    message = (
+        r"has format 'bindweave-feature-cache/1', this bindweave reads 'bindweave-feature-cache/2' "
+        r"\(since format 2 the MLLM states are kept at full length\): re-run `bindweave precompute`"
+    )
+    with pytest.raises(CacheError, match=message):
+        FeatureCache(old, expected)
+    with pytest.raises(CacheError, match=message):
+        FeatureCacheWriter(old, expected)
 
 
 def test_bad_clips_are_skipped_and_counted(tiny_pipeline_dir, tiny_dataset, tmp_path):
@@ -131,7 +147,7 @@ def test_bad_clips_are_skipped_and_counted(tiny_pipeline_dir, tiny_dataset, tmp_
 
 
 def test_the_optional_first_frame_condition(tiny_pipeline_dir, tiny_dataset, tmp_path):
-    """The released trainer's I2V input: first-frame CLIP tokens after the references', mask 1 on frame 0."""
+    """An extra, not released: first-frame CLIP tokens after the references', mask 1 on latent frame 0."""
     from bindweave.training.data import ClipDataset
     from bindweave.training.features import FeatureEncoder
     from bindweave.training.manifest import read_clip_manifest

@@ -10,6 +10,7 @@ import safetensors.torch
 import torch
 
 from bindweave.io.video import probe_video
+from bindweave.perf.cross_attention import install_fast_cross_attention
 from bindweave.pipeline import BindWeavePipeline
 from bindweave.training.cache import FeatureCache, feature_settings
 from bindweave.training.checkpoint import list_checkpoints
@@ -43,14 +44,16 @@ def test_overfitting_one_batch(tiny_cache, tiny_pipeline_dir):
     batch = collate_features([cache.load(c) for c in cache.clips[:2]], [1, 2], [0, 1])
     transformer = load_pipeline(config.model, torch.float32).transformer
     params = configure_trainable(transformer, "full", config.lora)
+    install_fast_cross_attention(transformer)
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     objective = FlowMatchingObjective()
     noise, index = objective.draw(tuple(batch.latents.shape[1:]), seed=0, stage=0, positions=[0, 1])
 
     losses = []
     for _ in range(300):
-        loss = objective.loss(transformer, batch.latents, batch.cond, noise, index).loss
-        loss.backward()
+        with batch.padded(transformer):
+            loss = objective.loss(transformer, batch.latents, batch.cond, noise, index, batch.padding).loss
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())

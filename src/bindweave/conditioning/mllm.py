@@ -81,12 +81,18 @@ def build_mllm_messages(prompt: str, num_images: int) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
-def mllm_inputs(processor: ProcessorMixin, prompt: str, images: Sequence[PIL.Image.Image]):
-    """Tokenised chat (default system message, generation prompt) and pre-scaled image pixels."""
+def mllm_inputs(
+    processor: ProcessorMixin, prompt: str, images: Sequence[PIL.Image.Image], prescale: bool = True
+):
+    """Tokenised chat (default system message, generation prompt) and the images' pixels.
+
+    ``prescale``: shrink the images first as inference does (:func:`prescale_for_mllm`); the released
+    training features were made without it (spec 4).
+    """
     text = processor.apply_chat_template(
         build_mllm_messages(prompt, len(images)), tokenize=False, add_generation_prompt=True
     )
-    scaled = [prescale_for_mllm(image) for image in images]
+    scaled = [prescale_for_mllm(image) for image in images] if prescale else list(images)
     return processor(text=[text], images=scaled or None, return_tensors="pt")
 
 
@@ -97,12 +103,14 @@ def encode_mllm(
     prompt: str,
     images: Sequence[PIL.Image.Image],
     device: torch.device | None = None,
+    prescale: bool = True,
 ):
     """``(1, L, hidden)`` states of the last decoder layer after the final norm, for one prompt + references.
 
     ``device``: where the MLLM runs (default: where its weights are; pass it when offloading hooks move them).
+    ``prescale``: as in :func:`mllm_inputs`.
     """
-    inputs = mllm_inputs(processor, prompt, images)
+    inputs = mllm_inputs(processor, prompt, images, prescale)
     model = getattr(mllm, "model", mllm)  # Qwen2_5_VLModel: the LM head is not needed
     param = next(model.parameters())
     inputs = {k: v.to(device or param.device) for k, v in inputs.items()}

@@ -4,7 +4,7 @@ Layout of a cache folder::
 
     features.json                 the feature settings (data config + seed); checked on every use
     video_condition.safetensors   the grey-video part of the VAE condition, the same for every clip
-    clips/00000042.safetensors    clip on manifest line 42: latents, text, image, mllm, mllm_mask,
+    clips/00000042.safetensors    clip on manifest line 42: latents, text, image, mllm (full length),
                                   reference_slots (+ video_condition with the first-frame condition)
     clips/00000043.skipped.json   a clip that could not be encoded (on_bad_sample: skip), with the reason
     index.json                    every clip and skip, in manifest order (written when all ranks finish)
@@ -32,7 +32,8 @@ from .manifest import ClipManifest
 
 __all__ = ["CacheError", "FeatureCache", "FeatureCacheDataset", "FeatureCacheWriter", "feature_settings"]
 
-CACHE_FORMAT = "bindweave-feature-cache/1"
+# 2: MLLM states at full length, no mllm_mask (format 1 padded / truncated them to mllm_max_tokens).
+CACHE_FORMAT = "bindweave-feature-cache/2"
 SETTINGS_NAME = "features.json"
 INDEX_NAME = "index.json"
 SHARED_VIDEO_CONDITION = "video_condition.safetensors"
@@ -56,6 +57,12 @@ def _check_settings(root: Path, expected: dict[str, Any]) -> None:
     found = json.loads(path.read_text(encoding="utf-8"))
     if found == expected:
         return
+    if found.get("format") != expected["format"]:
+        raise CacheError(
+            f"feature cache {root} has format {found.get('format')!r}, this bindweave reads "
+            f"{expected['format']!r} (since format 2 the MLLM states are kept at full length): re-run "
+            "`bindweave precompute` into a new folder"
+        )
     flat_found, flat_expected = _flatten(found), _flatten(expected)
     diff = [
         f"{key}: cache has {flat_found.get(key)!r}, config has {flat_expected.get(key)!r}"

@@ -12,22 +12,21 @@ manifests can be moved together.
 :class:`PrecomputeConfig` is flat (it becomes the ``bindweave precompute`` command-line options); it points
 at a training config so that cached features and online encoding can never be made with different
 settings.
+
+The ``data`` section lives in :mod:`.data_config` and the file reading and checking in :mod:`.config_io`;
+both are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
-
-import yaml
+from typing import Literal
 
 from bindweave.config import field
 
-T = TypeVar("T")
+from .config_io import ConfigError, config_to_dict, from_mapping, read_mapping
+from .data_config import AugmentConfig, DataConfig, MildAugmentConfig
 
 __all__ = [
     "AugmentConfig",
@@ -37,6 +36,7 @@ __all__ = [
     "DistributedConfig",
     "LoRAConfig",
     "LoggingConfig",
+    "MildAugmentConfig",
     "ModelConfig",
     "OptimizerConfig",
     "PrecomputeConfig",
@@ -51,10 +51,6 @@ __all__ = [
 
 #: The attention projections of every Wan block (self- and cross-attention, incl. the image branch).
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
-
-
-class ConfigError(ValueError):
-    """A config file or value that cannot be used; the message names the file and the key path."""
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -86,87 +82,6 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
-class AugmentConfig:
-    """Reference-image augmentation, so the model cannot copy-paste the reference (spec 4).
-
-    Every draw is seeded by (run seed, clip, epoch, reference), so a clip gets the same augmentation in
-    online training and in a precomputed cache, and a resumed run replays the same draws.
-    """
-
-    enabled: bool = field(True, help="augment the reference subjects")
-    scale: list[float] = field(
-        default_factory=lambda: [0.8, 1.2], help="[min, max] random resize factor of the subject cut-out"
-    )
-    rotation_degrees: float = field(8.0, help="random rotation in [-x, x] degrees")
-    flip_probability: float = field(0.5, help="probability of a horizontal flip")
-    brightness: float = field(0.1, help="brightness factor drawn from [1 - x, 1 + x]")
-    contrast: float = field(0.1, help="contrast factor drawn from [1 - x, 1 + x]")
-    saturation: float = field(0.1, help="saturation factor drawn from [1 - x, 1 + x]")
-    hue: float = field(0.02, help="hue shift drawn from [-x, x] turns of the colour wheel (<= 0.5)")
-
-    def validate(self, where: str) -> None:
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ConfigError(f"{where}.scale: expected [min, max] with 0 < min <= max, got {self.scale}")
-        if not 0 <= self.flip_probability <= 1:
-            raise ConfigError(f"{where}.flip_probability: must be in [0, 1], got {self.flip_probability}")
-        for name in ("rotation_degrees", "brightness", "contrast", "saturation", "hue"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.hue > 0.5:
-            raise ConfigError(f"{where}.hue: must be <= 0.5, got {self.hue}")
-
-
-@dataclasses.dataclass
-class DataConfig:
-    """How a clip becomes training features; shared by online encoding and the precomputed cache."""
-
-    height: int = field(720, help="bucket height: frames are resized and centre-cropped to it")
-    width: int = field(1280, help="bucket width")
-    num_frames: int = field(81, help="frames per clip, 4k + 1")
-    fps: float = field(16.0, help="frames are sampled at this rate from the source video")
-    frame_start: Literal["random", "first"] = field(
-        "random", help="where the sampled window starts: seeded random, or the first frame"
-    )
-    subject_background: Literal["white", "black"] = field(
-        "white",
-        help="colour outside a reference's subject mask (OpenS2V's cut-outs are on white) before letterboxing",
-    )
-    mllm_max_tokens: int = field(
-        512, help="MLLM states are zero-padded / truncated to this many tokens, as the released trainer does"
-    )
-    first_frame_condition: bool = field(
-        False,
-        help="also feed the clip's first frame as an I2V condition like the released trainer "
-        "(inconsistent with inference, spec 4)",
-    )
-    on_bad_sample: Literal["error", "skip"] = field(
-        "error", help="a bad manifest line or unreadable clip: stop with an error, or log, count and skip it"
-    )
-    feature_dtype: Literal["float32", "bfloat16"] = field(
-        "bfloat16", help="dtype of the encoded features, online and in the cache"
-    )
-    num_workers: int = field(
-        2, help="data-loader worker processes that decode videos (0: in the main process)"
-    )
-    augment: AugmentConfig = field(default_factory=AugmentConfig, help="reference augmentation")
-
-    def validate(self, where: str) -> None:
-        if self.num_frames < 1 or (self.num_frames - 1) % 4:
-            raise ConfigError(f"{where}.num_frames: must be 4k + 1 (e.g. 81), got {self.num_frames}")
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value <= 0 or value % 16:
-                raise ConfigError(f"{where}.{name}: must be a positive multiple of 16, got {value}")
-        if self.fps <= 0:
-            raise ConfigError(f"{where}.fps: must be > 0, got {self.fps}")
-        if self.mllm_max_tokens < 1:
-            raise ConfigError(f"{where}.mllm_max_tokens: must be >= 1, got {self.mllm_max_tokens}")
-        if self.num_workers < 0:
-            raise ConfigError(f"{where}.num_workers: must be >= 0, got {self.num_workers}")
-        self.augment.validate(f"{where}.augment")
-
-
-@dataclasses.dataclass
 class StageConfig:
     """One stage of the curriculum: its data (raw clips or a feature cache), length and learning rate."""
 
@@ -190,7 +105,10 @@ class StageConfig:
 
 @dataclasses.dataclass
 class OptimizerConfig:
-    """AdamW, as released: betas (0.9, 0.999), no weight decay, no gradient clipping."""
+    """AdamW. Defaults as the paper reports: betas (0.9, 0.999), no weight decay, no gradient clipping.
+
+    The released training script differs (weight decay 5e-3, clipping at 1.0; ``configs/released_14b.yaml``).
+    """
 
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], help="AdamW betas")
     weight_decay: float = field(0.0, help="AdamW (decoupled) weight decay")
@@ -380,127 +298,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
             required key, a value of the wrong type, or an invalid combination.
     """
     path = Path(path)
-    data = _read_mapping(path)
+    data = read_mapping(path)
     config = from_mapping(TrainConfig, data, where=str(path), base_dir=path.parent)
     config.validate(str(path))
-    return config
-
-
-def _read_mapping(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        elif path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError(f"{path}: unknown config format {path.suffix!r}; use .yaml, .yml or .json")
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: cannot parse: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    return data
-
-
-def from_mapping(cls: type[T], data: Any, *, where: str, base_dir: Path | None = None) -> T:
-    """Build the dataclass ``cls`` from plain data (parsed YAML/JSON), checking every key and type.
-
-    ``where`` prefixes error messages (a file name, then the key path is appended). Relative paths are
-    resolved against ``base_dir`` when it is given.
-    """
-    return _convert(cls, data, where, "", base_dir)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _fail(where: str, path: str, message: str) -> ConfigError:
-    return ConfigError(f"{where}: {path or '<top level>'}: {message}")
-
-
-def _convert(tp: Any, value: Any, where: str, path: str, base_dir: Path | None) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None:
-            if type(None) in options:
-                return None
-            raise _fail(where, path, "must not be null")
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return _convert(option, value, where, path, base_dir)
-            except ConfigError as err:
-                errors.append(str(err).rsplit(": ", 1)[-1])
-        raise _fail(where, path, " or ".join(errors))
-    if dataclasses.is_dataclass(tp):
-        return _convert_dataclass(tp, value, where, path, base_dir)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise _fail(where, path, f"expected one of {list(choices)}, got {value!r}")
-        return value
-    if origin is list:
-        (item_type,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise _fail(where, path, f"expected a list, got {type(value).__name__} {value!r}")
-        return [_convert(item_type, v, where, f"{path}[{i}]", base_dir) for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _fail(where, path, f"expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _fail(where, path, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        # PyYAML reads ``5e-6`` (no dot) as a string, so numeric strings are accepted for floats.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise _fail(where, path, f"expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _fail(where, path, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise _fail(where, path, f"expected a string, got {value!r}")
-        return value
-    if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise _fail(where, path, f"expected a path string, got {value!r}")
-        result = Path(value).expanduser()
-        return base_dir / result if base_dir is not None and not result.is_absolute() else result
-    raise TypeError(f"unsupported config field type {tp!r} at {path}")  # a programming error
-
-
-def _convert_dataclass(cls: type, value: Any, where: str, path: str, base_dir: Path | None) -> Any:
-    if not isinstance(value, dict):
-        raise _fail(where, path, f"expected a mapping, got {type(value).__name__} {value!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        raise _fail(where, _join(path, str(unknown[0])), f"unknown key (known keys: {', '.join(fields)})")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in value:
-            kwargs[name] = _convert(hints[name], value[name], where, _join(path, name), base_dir)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise _fail(where, _join(path, name), "required key is missing")
-    return cls(**kwargs)
-
-
-def config_to_dict(config: Any) -> Any:
-    """A JSON-ready view of a (nested) config: paths as strings; the inverse of :func:`from_mapping`."""
-    if dataclasses.is_dataclass(config):
-        return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, Path):
-        return str(config)
-    if isinstance(config, (list, tuple)):
-        return [config_to_dict(v) for v in config]
     return config

@@ -62,7 +62,7 @@ class RawClip:
     line: int
     prompt: str
     video: torch.Tensor  # (3, F, H, W) in [-1, 1]
-    references: list[PIL.Image.Image]  # 1-4 subject cut-outs, augmented
+    references: list[PIL.Image.Image]  # 1-4 subject cut-outs, augmented, RGB
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,8 @@ class ClipDataset(StageDataset[RawClip]):
                 load_subject(ref.image, ref.mask, data.subject_background),
                 data.augment,
                 augment_rng(self.seed, record.line, epoch, i),
+                data.height,
+                data.width,
                 fill=fill,
             )
             for i, ref in enumerate(record.references)

@@ -1,27 +1,34 @@
-"""Training features: what the frozen encoders make of a clip, with exactly the inference code.
+"""Training features: what the frozen encoders make of a clip, with the inference code.
 
 A clip becomes the DiT's target latents and its four conditioning streams (spec 2) through the same
 :class:`~bindweave.pipeline.BindWeavePipeline` methods that inference uses (``prepare_references``,
-``encode_mllm_states``, ``encode_text``, ``encode_clip_tokens``, ``prepare_condition``) and
-:func:`~bindweave.conditioning.latents.encode_video` for the clip itself. The same :class:`FeatureEncoder`
-serves online training and the precomputed cache, so the two cannot drift apart.
+``encode_text``, ``encode_clip_tokens``, ``prepare_condition``, and ``encode_mllm_states`` or its
+:func:`~bindweave.conditioning.mllm.encode_mllm`) and :func:`~bindweave.conditioning.latents.encode_video`
+for the clip itself. The same :class:`FeatureEncoder` serves online training and the precomputed cache, so
+the two cannot drift apart.
 
-Two training-only differences, both from the released trainer:
-
-- MLLM states are zero-padded (or truncated) to ``mllm_max_tokens`` (512) so clips batch together, with
-  a mask of the real tokens. The DiT's cross-attention takes no mask (spec 2.7): the padded positions go
-  through the connector as zeros and are attended to like any token, as in the released trainer. The mask
-  is stored for reference only. (Inference uses the full, unpadded length.)
-- Optionally (``data.first_frame_condition``, off by default) the clip's first frame is an extra I2V
+- MLLM states keep their full length, as in the released training features (spec 2.5). A micro-batch
+  pads them to its longest clip (:func:`collate_features`) and records where the padding rows are
+  (:class:`~bindweave.perf.cross_attention.ContextPadding`): each clip's cross-attention skips its own
+  padding rows, so a clip trains on exactly what it would see alone, and what inference gives it.
+- The MLLM's input (``data.mllm_input``): ``released`` (default) is the release's training quirk
+  (spec 4): the reference canvases downsampled x0.5 (bilinear, :func:`released_mllm_images`), without the
+  inference pre-scale; ``inference`` is the inference input (pre-scaled x0.3 / x0.75).
+- Optionally (``data.first_frame_condition``, off by default; an extra, not in the release, whose
+  training registers a first-frame I2V processor but never applies it) the clip's first frame is an I2V
   condition: its CLIP tokens follow the references' tokens, and the video part of the VAE condition
   holds its latent with mask 1 on latent frame 0 (Wan I2V style), instead of the grey video.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 
+import numpy as np
+import PIL.Image
 import torch
+import torch.nn.functional as F
 
 from bindweave.conditioning.clip import clip_pixel_values, encode_clip, pack_clip_tokens
 from bindweave.conditioning.latents import (
@@ -31,13 +38,16 @@ from bindweave.conditioning.latents import (
     encode_video,
     reference_slots,
 )
-from bindweave.denoiser import Conditioning
+from bindweave.conditioning.mllm import encode_mllm, load_mllm_states
+from bindweave.conditioning.references import Letterboxed
+from bindweave.denoiser import Conditioning, batch_conditionings
+from bindweave.perf.cross_attention import ContextPadding, padded_context
 from bindweave.pipeline import BindWeavePipeline
 
 from .config import DataConfig
 from .data import RawClip
 
-__all__ = ["ClipFeatures", "FeatureBatch", "FeatureEncoder", "collate_features", "pad_mllm_states"]
+__all__ = ["ClipFeatures", "FeatureBatch", "FeatureEncoder", "collate_features", "released_mllm_images"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -51,8 +61,7 @@ class ClipFeatures:
         text: ``(512, text_dim)`` umT5 states, zero past the prompt.
         image: ``(slots * T, image_dim)`` CLIP tokens of the references, zero-padded
             (``(slots + 1) * T`` with the first-frame condition).
-        mllm: ``(mllm_max_tokens, mllm_dim)`` MLLM states, zero-padded or truncated.
-        mllm_mask: ``(mllm_max_tokens,)`` bool, True on real MLLM tokens (not used by the DiT).
+        mllm: ``(L, mllm_dim)`` MLLM states, full length.
         condition: ``(4 + z, slots + F', h, w)`` reference slots and video part of the VAE condition.
     """
 
@@ -60,29 +69,36 @@ class ClipFeatures:
     text: torch.Tensor
     image: torch.Tensor
     mllm: torch.Tensor
-    mllm_mask: torch.Tensor
     condition: torch.Tensor
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def cast(self, dtype: torch.dtype) -> ClipFeatures:
-        """Float tensors to ``dtype`` on the CPU (the mask stays bool)."""
+        """Tensors to ``dtype``, contiguous, on the CPU."""
         return ClipFeatures(
-            **{
-                name: t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype).contiguous()
-                for name, t in self.tensors().items()
-            }
+            **{name: t.detach().to("cpu", dtype).contiguous() for name, t in self.tensors().items()}
+        )
+
+    def conditioning(self) -> Conditioning:
+        """The conditioning of this clip alone, batch of 1."""
+        return Conditioning(
+            text=self.text[None], image=self.image[None], mllm=self.mllm[None], condition=self.condition[None]
         )
 
 
 @dataclass
 class FeatureBatch:
-    """A batch of :class:`ClipFeatures`, ready for :func:`bindweave.denoiser.predict_velocity`."""
+    """A batch of :class:`ClipFeatures`, ready for :func:`bindweave.denoiser.predict_velocity`.
+
+    ``padding`` names each clip's MLLM padding rows (``None`` when all clips have the same length): the
+    forward, and the backward (where gradient checkpointing recomputes the blocks), must run inside
+    :func:`~bindweave.perf.cross_attention.padded_context` for each clip to see only its own tokens.
+    """
 
     latents: torch.Tensor  # (B, z, F', h, w)
-    cond: Conditioning
-    mllm_mask: torch.Tensor  # (B, mllm_max_tokens)
+    cond: Conditioning  # MLLM states (B, L_max, mllm_dim), zero-padded at the end
+    padding: ContextPadding | None
     lines: list[int]  # manifest lines of the clips
     positions: list[int]  # positions of the clips in the stage's sample stream (they key the noise)
 
@@ -93,35 +109,41 @@ class FeatureBatch:
         return FeatureBatch(
             latents=self.latents.to(device),
             cond=self.cond.to(device),
-            mllm_mask=self.mllm_mask.to(device),
+            padding=self.padding,
             lines=self.lines,
             positions=self.positions,
         )
 
+    def padded(self, transformer: torch.nn.Module) -> AbstractContextManager:
+        """The scope of this batch's forward and backward: each clip skips its own MLLM padding rows."""
+        return nullcontext() if self.padding is None else padded_context(transformer, self.padding)
+
 
 def collate_features(items: list[ClipFeatures], lines: list[int], positions: list[int]) -> FeatureBatch:
-    def stack(name: str) -> torch.Tensor:
-        return torch.stack([getattr(item, name) for item in items])
-
+    """Stack clips; MLLM states of unequal length are zero-padded to the longest (see :class:`FeatureBatch`)."""
+    cond, padding = batch_conditionings([item.conditioning() for item in items])
     return FeatureBatch(
-        latents=stack("latents"),
-        cond=Conditioning(
-            text=stack("text"), image=stack("image"), mllm=stack("mllm"), condition=stack("condition")
-        ),
-        mllm_mask=stack("mllm_mask"),
+        latents=torch.stack([item.latents for item in items]),
+        cond=cond,
+        padding=padding,
         lines=list(lines),
         positions=list(positions),
     )
 
 
-def pad_mllm_states(states: torch.Tensor, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(L, D)`` -> ``(max_tokens, D)`` zero-padded (or the first ``max_tokens``) and its ``(max_tokens,)`` mask."""
-    length = min(states.shape[0], max_tokens)
-    padded = states.new_zeros(max_tokens, states.shape[1])
-    padded[:length] = states[:length]
-    mask = torch.zeros(max_tokens, dtype=torch.bool)
-    mask[:length] = True
-    return padded, mask
+def released_mllm_images(canvases: torch.Tensor) -> list[PIL.Image.Image]:
+    """The MLLM's images in the released training features (spec 4, quirk).
+
+    ``canvases``: ``(N, 3, H, W)`` reference canvases, floats in [0, 1]. Downsampled x0.5 (bilinear,
+    ``align_corners=False``, the scale recomputed from the output size) and converted to uint8 by
+    ``x * 255`` then truncation, as the release did; they then go to the MLLM without the inference
+    pre-scale.
+    """
+    small = F.interpolate(
+        canvases.float(), scale_factor=0.5, mode="bilinear", align_corners=False, recompute_scale_factor=True
+    )  # (N, 3, H // 2, W // 2)
+    pixels = (small.permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)  # truncation, like the release
+    return [PIL.Image.fromarray(p, mode="RGB") for p in pixels]
 
 
 class FeatureEncoder:
@@ -150,8 +172,7 @@ class FeatureEncoder:
         height, width, num_frames = data.height, data.width, data.num_frames
         images, boxes = pipe.prepare_references(list(clip.references), height, width)
 
-        mllm, _ = pipe.encode_mllm_states(clip.prompt, "", images, None, None, do_cfg=False)  # (1, L, D)
-        mllm, mllm_mask = pad_mllm_states(mllm[0], data.mllm_max_tokens)  # (512, D), (512,)
+        mllm = self._mllm_states(clip.prompt, images, boxes)[0]  # (L, D), full length
         text, _ = pipe.encode_text(clip.prompt, "", do_cfg=False)  # (1, 512, text_dim)
         latents = encode_video(pipe.vae, clip.video[None])[0]  # (z, F', h, w)
 
@@ -160,10 +181,21 @@ class FeatureEncoder:
         else:
             image = pipe.encode_clip_tokens(boxes)[0]  # (slots * T, image_dim)
             condition = pipe.prepare_condition(boxes, num_frames, height, width)[0]  # (4+z, S+F', h, w)
-        features = ClipFeatures(
-            latents=latents, text=text[0], image=image, mllm=mllm, mllm_mask=mllm_mask, condition=condition
-        )
+        features = ClipFeatures(latents=latents, text=text[0], image=image, mllm=mllm, condition=condition)
         return features.cast(self.dtype)
+
+    def _mllm_states(
+        self, prompt: str, images: list[PIL.Image.Image], boxes: list[Letterboxed]
+    ) -> torch.Tensor:
+        """``(1, L, mllm_dim)`` MLLM states of the prompt and references, from the configured input."""
+        pipe = self.pipe
+        if self.data.mllm_input == "inference":
+            return pipe.encode_mllm_states(prompt, "", images, None, None, do_cfg=False)[0]
+        if pipe.mllm is None or pipe.mllm_processor is None:
+            raise ValueError("the pipeline has no mllm / mllm_processor to encode the training clips with")
+        pictures = released_mllm_images(torch.stack([b.canvas for b in boxes]))  # (W/2) x (H/2) each
+        states = encode_mllm(pipe.mllm, pipe.mllm_processor, prompt, pictures, prescale=False)
+        return load_mllm_states(states, pipe.transformer.config.mllm_dim, name="MLLM states")
 
     def _with_first_frame(self, video: torch.Tensor, boxes: list) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP tokens and VAE condition with the clip's first frame as an extra I2V condition."""

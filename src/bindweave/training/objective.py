@@ -6,6 +6,10 @@
   the sampler); the prediction is :func:`bindweave.denoiser.predict_velocity`, the sampler's call.
 - Loss: the MSE over the video latents (the model already drops the reference slots), per sample,
   times the released weight of its timestep (:func:`bindweave.flow.loss_weights`), averaged.
+- A batch whose MLLM states were padded to its longest clip carries a
+  :class:`~bindweave.perf.cross_attention.ContextPadding`; each sample's cross-attention must skip its
+  padding rows, so the loss requires the caller to be inside ``padded_context`` for it (a scope the
+  caller keeps open over the backward too, where gradient checkpointing recomputes the blocks).
 
 Noise and timestep indices are drawn per sample from a generator keyed by (seed, stage, stream
 position), so they do not depend on the number of processes, and a resumed run draws the same ones.
@@ -20,6 +24,7 @@ import torch
 
 from bindweave.denoiser import Conditioning, predict_velocity
 from bindweave.flow import add_noise, loss_weights, sigma_to_timestep, training_sigmas, velocity_target
+from bindweave.perf.cross_attention import ContextPadding, fast_processors
 
 __all__ = ["FlowMatchingObjective", "LossOutput"]
 
@@ -59,8 +64,24 @@ class FlowMatchingObjective:
         cond: Conditioning,
         noise: torch.Tensor,
         index: torch.Tensor,
+        padding: ContextPadding | None = None,
     ) -> LossOutput:
-        """Weighted flow-matching loss of ``latents`` ``(B, z, F', h, w)`` noised with ``noise`` at ``index``."""
+        """Weighted flow-matching loss of ``latents`` ``(B, z, F', h, w)`` noised with ``noise`` at ``index``.
+
+        ``padding``: the batch's MLLM padding rows (:attr:`FeatureBatch.padding
+        <bindweave.training.features.FeatureBatch.padding>`); it must be the one active on the transformer.
+
+        Raises:
+            ValueError: when ``padding`` is given but ``padded_context(transformer, padding)`` is not active.
+        """
+        if padding is not None:
+            active = {processor.context_padding for processor in fast_processors(transformer)}
+            if active != {padding}:
+                raise ValueError(
+                    "this batch's MLLM states are padded: run its forward and backward inside "
+                    "bindweave.perf.cross_attention.padded_context(transformer, batch.padding), after "
+                    "install_fast_cross_attention(transformer)"
+                )
         device = latents.device
         x0, noise = latents.float(), noise.to(device, torch.float32)
         index = index.cpu()

@@ -7,6 +7,8 @@ look like inference references they are cut out the way OpenS2V-5M's own data lo
 1. crop the image to the bounding box of the mask;
 2. set every pixel outside the mask to the background colour (white by default, as OpenS2V does;
    ``data.subject_background: black`` is the option);
+3. keep the mask as the alpha channel (RGBA), which the released augmentation rotates and resizes along
+   with the subject (:mod:`bindweave.training.augment`); the mild augmentation uses the RGB alone.
 
 and then, like every reference, they are letterboxed onto the black canvas by the inference code
 (:func:`bindweave.conditioning.references.letterbox`).
@@ -31,7 +33,8 @@ BACKGROUND_RGB: dict[str, tuple[int, int, int]] = {"white": (255, 255, 255), "bl
 def cut_out_subject(
     image: PIL.Image.Image, mask: np.ndarray, background: Background = "white"
 ) -> PIL.Image.Image:
-    """Crop ``image`` to the bounding box of ``mask`` (``(H, W)`` bool) and paint the rest ``background``.
+    """``image`` cropped to the box of ``mask`` (``(H, W)`` bool), as RGBA: RGB ``background`` outside the
+    mask, alpha 255 on the mask and 0 elsewhere.
 
     Raises:
         ReferenceError: when the mask's size differs from the image's or the mask is empty.
@@ -45,8 +48,10 @@ def cut_out_subject(
         raise ReferenceError("subject mask is empty")
     top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     pixels = np.asarray(image.convert("RGB"))[top:bottom, left:right].copy()  # (h, w, 3)
-    pixels[~mask[top:bottom, left:right]] = BACKGROUND_RGB[background]
-    return PIL.Image.fromarray(pixels, mode="RGB")
+    inside = mask[top:bottom, left:right]
+    pixels[~inside] = BACKGROUND_RGB[background]
+    alpha = np.where(inside, 255, 0).astype(np.uint8)[..., None]  # (h, w, 1)
+    return PIL.Image.fromarray(np.concatenate([pixels, alpha], axis=-1), mode="RGBA")
 
 
 def load_mask(path: Path) -> np.ndarray:
@@ -61,10 +66,10 @@ def load_mask(path: Path) -> np.ndarray:
 def load_subject(
     image_path: Path, mask_path: Path | None, background: Background = "white"
 ) -> PIL.Image.Image:
-    """A training reference: the image, cut out with its mask when it has one."""
+    """A training reference as RGBA: the image cut out with its mask, or the whole image (opaque)."""
     image = load_reference(image_path, name=str(image_path))
     if mask_path is None:
-        return image
+        return image.convert("RGBA")
     try:
         return cut_out_subject(image, load_mask(mask_path), background)
     except ReferenceError as err:

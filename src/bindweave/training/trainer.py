@@ -5,8 +5,9 @@ One optimizer step::
     for each of the gradient_accumulation_steps micro-batches (micro_batch_size clips on this rank):
         features  <- the feature cache, or the frozen encoders run on decoded clips (inference code)
         noise, t  <- drawn per sample, keyed by its stream position (layout-independent, resumable)
-        loss      <- weighted rectified-flow MSE of predict_velocity(DiT, x_t, t, cond) vs eps - x_0
-        backward(loss / accumulation)
+        with each clip's MLLM padding rows skipped in cross-attention (forward and backward):
+            loss  <- weighted rectified-flow MSE of predict_velocity(DiT, x_t, t, cond) vs eps - x_0
+            backward(loss / accumulation)
     grad norm (and clipping if configured); AdamW step; lr schedule step
 
 The same code runs as one process (CPU or one GPU) or under ``torchrun`` on many GPUs and nodes, where the
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 from bindweave.conditioning.latents import latent_frame_count
 from bindweave.io.files import atomic_write_json
+from bindweave.perf.cross_attention import install_fast_cross_attention
 
 from .cache import FeatureCache, FeatureCacheDataset, feature_settings
 from .checkpoint import (
@@ -155,6 +157,9 @@ class Trainer:
         # 2. The model to train.
         self.transformer = self.pipe.transformer
         configure_trainable(self.transformer, config.trainable, config.lora)
+        # Clips of a micro-batch have MLLM states of different lengths: this processor lets each one skip
+        # its padding rows (and computes exactly the stock processor's result on an unpadded batch).
+        install_fast_cross_attention(self.transformer)
         if config.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.transformer.train()
@@ -328,9 +333,13 @@ class Trainer:
             )
             if self.sharded:  # reduce-scatter gradients only after the last micro-batch
                 self.transformer.set_requires_gradient_sync(micro == accumulation - 1)
-            with self.compute_context():
-                output = self.objective.loss(self.transformer, batch.latents, batch.cond, noise, index)
-            (output.loss / accumulation).backward()
+            # Open over the backward too: gradient checkpointing recomputes the blocks' forward there.
+            with batch.padded(self.transformer):
+                with self.compute_context():
+                    output = self.objective.loss(
+                        self.transformer, batch.latents, batch.cond, noise, index, batch.padding
+                    )
+                (output.loss / accumulation).backward()
             losses.append(output.loss.detach())
 
         grads = [p.grad for p in self.params if p.grad is not None]
