@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -34,70 +34,34 @@ from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from ..conditioning.latents import latent_frame_count
-from ..config import field
 from ..denoiser import Conditioning, guided_velocity
-from ..generate import Dtype, resolve_device, resolve_dtype
+from ..generate import resolve_device, resolve_dtype
 from ..models import BindWeaveTransformer3DModel
 from ..pipeline import BindWeavePipeline
 from ..testing import build_tiny_release, tiny_transformer_kwargs
-from .config import PerfConfig, apply_perf_config
+from .bench_config import DEFAULT_VIDEO, BenchConfig, BenchSize
+from .config import apply_perf_config
 from .cross_attention import context_kv_cache, install_fast_cross_attention
 from .flops import DiTWorkload, dit_forward_flops
 from .memory import enable_fp8_weights
 from .parallel import sequence_length
+from .peak import KNOWN_PEAK_TFLOPS, resolve_peak_tflops
 from .speed import compile_blocks, set_attention_backend
 
-__all__ = ["BenchConfig", "BenchResult", "run_bench"]
+__all__ = [
+    "DEFAULT_VIDEO",
+    "KNOWN_PEAK_TFLOPS",
+    "BenchConfig",
+    "BenchResult",
+    "BenchSize",
+    "resolve_peak_tflops",
+    "run_bench",
+]
 
-BenchSize = Literal["tiny", "medium", "14b"]
-
-# Video size per model size: (height, width, num_frames).
-DEFAULT_VIDEO = {"tiny": (32, 48, 5), "medium": (96, 160, 9), "14b": (720, 1280, 81)}
 MEDIUM_DIT = dict(
     num_attention_heads=8, attention_head_dim=128, ffn_dim=4096, num_layers=4, added_kv_proj_dim=1024
 )
 NEGATIVE_EXTRA_TOKENS = 6  # the release's negative MLLM prompt has the motion suffix appended: 526 vs 532
-
-# Dense bf16/fp16 tensor-core peaks, TFLOP/s, by a substring of the CUDA device name (most specific first).
-KNOWN_PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),
-    ("H200", 989.4),
-    ("H20", 148.0),
-    ("A100", 312.0),
-    ("L40S", 362.1),
-    ("L4", 121.0),
-    ("RTX 4090", 165.2),
-)
-
-
-@dataclass(kw_only=True)
-class BenchConfig(PerfConfig):
-    """Benchmark the DiT and the pipeline for one model size (random weights)."""
-
-    size: BenchSize = field("tiny", help="model size: tiny, medium (CPU or GPU) or 14b (GPU only, DiT only)")
-    height: int | None = field(None, help="video height (default: tiny 32, medium 96, 14b 720)")
-    width: int | None = field(None, help="video width (default: tiny 48, medium 160, 14b 1280)")
-    num_frames: int | None = field(None, help="video frames, 4k+1 (default: tiny 5, medium 9, 14b 81)")
-    mllm_tokens: int = field(526, help="MLLM tokens of the prompt; the negative prompt has 6 more")
-    steps: int = field(4, help="sampling steps of the end-to-end run")
-    repeats: int = field(3, help="timed DiT steps, after one warm-up step")
-    guidance: float = field(5.0, help="CFG scale (1 times a single branch)")
-    peak_tflops: float | None = field(
-        None,
-        help="device peak for MFU in TFLOP/s (default: the GPU's dense bf16 peak when known; CPU: required)",
-    )
-    device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
-    dtype: Dtype = field("auto", help="weights dtype; auto = bfloat16 on CUDA, float32 on CPU")
-    compare_stock: bool = field(
-        True, help="also time stock diffusers WanTransformer3DModel on the same weights"
-    )
-    seed: int = field(0, help="seed of the random weights and inputs")
-
-    def video(self) -> tuple[int, int, int]:
-        height, width, frames = DEFAULT_VIDEO[self.size]
-        return self.height or height, self.width or width, self.num_frames or frames
 
 
 @dataclass(frozen=True)
@@ -194,21 +158,6 @@ def run_bench(config: BenchConfig) -> BenchResult:
     print(f"bindweave bench ({platform.node()}, torch {torch.__version__})")
     print(result.report())
     return result
-
-
-def resolve_peak_tflops(given: float | None, device: torch.device, dtype: torch.dtype) -> float:
-    """The MFU denominator: ``given``, else the known dense bf16/fp16 peak of this GPU."""
-    if given is not None:
-        if given <= 0:
-            raise ValueError(f"--peak-tflops must be positive, got {given}")
-        return given
-    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
-        name = torch.cuda.get_device_name(device)
-        for pattern, peak in KNOWN_PEAK_TFLOPS:
-            if pattern in name:
-                return peak
-        raise ValueError(f"no known peak for {name}: pass --peak-tflops")
-    raise ValueError(f"no known peak TFLOP/s for {device.type} in {dtype}: pass --peak-tflops")
 
 
 # ---------------------------------------------------------------------------------------------- building
