@@ -12,8 +12,10 @@ from bindweave import config as cfg
 from bindweave.generate import ModelConfig
 from bindweave.refine import EndpointRefiner
 from bindweave.ui import UIConfig, run_ui
-from bindweave.ui.handlers import PipelineLoader, UIError
-from bindweave.ui.launch import INSTALL_HINT, make_refiner
+from bindweave.ui.inputs import UIError
+from bindweave.ui.launch import INSTALL_HINT
+from bindweave.ui.loader import PipelineLoader
+from bindweave.ui.refining import make_refiner
 
 gr = pytest.importorskip("gradio", reason="the web app needs the 'ui' extra: pip install 'bindweave[ui]'")
 from bindweave.ui.app import MODEL_QUEUE, build_app  # noqa: E402 - needs gradio

@@ -22,7 +22,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from bindweave.ui.handlers import PipelineLoader
+from bindweave.ui.loader import PipelineLoader
 
 gr = pytest.importorskip("gradio", reason="the web app needs the 'ui' extra: pip install 'bindweave[ui]'")
 sync_api = pytest.importorskip(

@@ -17,28 +17,17 @@ from bindweave.conditioning.references import letterbox
 from bindweave.generate import GenerateConfig, ModelConfig
 from bindweave.io.video import probe_video, read_video
 from bindweave.refine import PromptRefiner
-from bindweave.ui.handlers import (
-    CancelToken,
-    JobRegistry,
+from bindweave.ui.inputs import Size, UIError, check_size, preview_references, resolution_presets
+from bindweave.ui.jobs import CancelToken, JobRegistry, gallery_items, generate_frames, history_entry, run_job
+from bindweave.ui.loader import PipelineLoader, memory_modes, with_memory
+from bindweave.ui.refining import refine
+from bindweave.ui.settings import (
     JobRequest,
-    PipelineLoader,
-    Size,
-    UIError,
-    check_size,
     command_line,
     config_from_json,
     config_json,
-    gallery_items,
-    generate_frames,
-    history_entry,
     job_config,
-    memory_modes,
     parse_request,
-    preview_references,
-    refine,
-    resolution_presets,
-    run_job,
-    with_memory,
 )
 
 # The smallest size the tiny model runs quickly: a multiple of 16 on each side, 4k + 1 frames.

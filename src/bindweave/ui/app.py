@@ -1,4 +1,4 @@
-"""The Gradio layout of ``bindweave ui``: components and events only; the logic is in :mod:`.handlers`.
+"""The Gradio layout of ``bindweave ui``: components and events only; the logic is in the sibling modules.
 
 Generation and prompt refinement share one queue slot (``concurrency_id="model"``, limit 1): the model is
 loaded once, and two users never run it at the same time. Previews, presets and cancelling do not wait
@@ -18,23 +18,11 @@ from ..conditioning.references import MAX_REFERENCES
 from ..conditioning.text import DEFAULT_NEGATIVE_PROMPT
 from ..default_model import demo_prompt
 from ..generate import resolve_device
-from .handlers import (
-    CUSTOM,
-    JobRegistry,
-    JobResult,
-    PipelineLoader,
-    UIError,
-    gallery_items,
-    history_entry,
-    memory_modes,
-    native_size,
-    parse_request,
-    preview_references,
-    refine,
-    resolution_presets,
-    run_job,
-)
-from .launch import RefinerFactory
+from .inputs import CUSTOM, UIError, native_size, preview_references, resolution_presets
+from .jobs import JobRegistry, JobResult, gallery_items, history_entry, run_job
+from .loader import PipelineLoader, memory_modes
+from .refining import RefinerFactory, refine
+from .settings import parse_request
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,9 @@ from typing import Any
 from ..config import field
 from ..default_model import default_model_notice
 from ..generate import ModelConfig
-from ..refine import PromptRefiner, RefineOptions
-from .handlers import PipelineLoader, UIError, model_config_of
+from ..refine import RefineOptions
+from .loader import PipelineLoader, model_config_of
+from .refining import make_refiner
 
 logger = logging.getLogger(__name__)
 
@@ -33,28 +33,6 @@ class UIConfig(ModelConfig, RefineOptions):
     port: int = field(7860, help="port to listen on")
     share: bool = field(False, help="also open a public Gradio share link (off: the app stays local)")
     out: Path = field(Path("outputs/ui"), help="folder for the results (one subfolder per run)")
-
-
-RefinerFactory = Callable[[], PromptRefiner]
-
-
-def make_refiner(config: UIConfig, pipe_loader: PipelineLoader) -> RefinerFactory | None:
-    """A factory of the configured prompt refiner, or None (the page then hides the button).
-
-    A factory, not a refiner: the local backend borrows the loaded pipeline's MLLM, which is only known
-    once the pipeline is loaded in the chosen memory mode.
-    """
-    if config.refine == "none":
-        return None
-    config.check_refine()
-
-    def factory() -> PromptRefiner:
-        try:
-            return config.make_refiner(pipe_loader())
-        except ValueError as err:  # shown in the page
-            raise UIError(str(err)) from err
-
-    return factory
 
 
 def _require_gradio() -> Any:
