@@ -25,18 +25,13 @@ from bindweave.io.video import write_video
 
 from .config import ToyDataConfig
 from .sprites import reference_image
-from .world import Scene, render_clip, sample_scene, scene_rng
+from .world import Scene, render_clip, toy_scene
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ToyDataConfig", "read_scenes", "run_toy_data", "toy_scene", "write_toy_dataset"]
 
 FPS = 16
-
-
-def toy_scene(seed: int, split: str, index: int) -> Scene:
-    """Sample ``index`` of ``split``: the same scene every time."""
-    return sample_scene(scene_rng(seed, split, index))
 
 
 def _save_png(image, path: Path) -> None:
