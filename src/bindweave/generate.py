@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .conditioning.mllm import MLLM_NEGATIVE_SUFFIX, encode_mllm, load_mllm_processor
 from .conditioning.references import load_references
 from .config import to_dict
+from .default_model import default_model_notice
 from .generate_config import (
     Dtype,
     ExtractMLLMConfig,
@@ -125,7 +126,9 @@ def run_generate(config: GenerateConfig) -> Path:
     _check_mp4_path(config.out)
     references = load_references(config.refs)  # fail on a bad image before loading any model
     config.check_refine()
+    _announce_default_model(config)
     pipe = load_pipeline(config)
+    warn_if_not_native(pipe, config)
     prompt = _refined_prompt(config, pipe, references)
     frames = pipe(
         prompt,
@@ -138,6 +141,26 @@ def run_generate(config: GenerateConfig) -> Path:
         write_video(frames, config.out, fps=config.fps)
     logger.info("wrote %s", config.out)
     return config.out
+
+
+def _announce_default_model(config: WeightsConfig) -> None:
+    if config.uses_default_model:
+        print(default_model_notice())
+
+
+def warn_if_not_native(pipe, config: SamplingConfig) -> None:
+    """Warn when the video size is not the model's native one (``default_*`` in its model_index.json)."""
+    native = (pipe.config.default_height, pipe.config.default_width, pipe.config.default_num_frames)
+    asked = tuple(
+        n if v is None else v
+        for v, n in zip((config.height, config.width, config.num_frames), native, strict=True)
+    )
+    if asked != native:
+        logger.warning(
+            "%dx%d, %d frames is not this model's native size (%dx%d, %d frames): it may generate worse",
+            *asked,
+            *native,
+        )
 
 
 def _refined_prompt(config: GenerateConfig, pipe, references) -> str:
@@ -181,7 +204,9 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
     logger.info("%d of %d entries to generate in %s", len(todo), len(entries), config.out)
     if not todo:
         return []
+    _announce_default_model(config)
     pipe = load_pipeline(config)
+    warn_if_not_native(pipe, config)
     written, seconds = [], {}
     for entry in tqdm(todo, desc="manifest", unit="video"):
         start = time.perf_counter()
@@ -282,6 +307,8 @@ def _load_mllm(config: WeightsConfig):
     if config.mllm is not None:
         model_dir = processor_dir = config.mllm
     else:
+        if config.model is None:
+            print(default_model_notice())
         root = config.model or default_model_path()
         model_dir, processor_dir = root / "mllm", root / "mllm_processor"
     device = resolve_device(config.device)

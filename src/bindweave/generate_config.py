@@ -72,15 +72,29 @@ class ModelConfig(WeightsConfig, PerfConfig):
 
 @dataclass(kw_only=True)
 class SamplingConfig:
-    """The sampler settings; the defaults are the paper's (size defaults to the model's native size)."""
+    """The sampler settings. Size, steps and guidance default to the model's own, saved in its
+    ``model_index.json``: the paper's for the released model, the toy world's for the embedded one."""
 
-    height: int | None = field(None, help="video height, a multiple of 16 (default: the model's, 720)")
-    width: int | None = field(None, help="video width, a multiple of 16 (default: the model's, 1280)")
-    num_frames: int | None = field(None, help="frames, 4k+1 (default: the model's, 81)")
-    steps: int = field(50, help="UniPC sampling steps")
+    height: int | None = field(
+        None,
+        help="video height, a multiple of 16 (default: the model's native size: 64x64 for the embedded "
+        "model, 720x1280 for the released one)",
+    )
+    width: int | None = field(
+        None, help="video width, a multiple of 16 (default: the model's native size, as for --height)"
+    )
+    num_frames: int | None = field(
+        None, help="frames, 4k+1 (default: the model's: 17 for the embedded model, 81 for the released one)"
+    )
+    steps: int | None = field(
+        None,
+        help="UniPC sampling steps (default: the model's: 20 for the embedded model, the paper's 50 for the "
+        "released one)",
+    )
     guidance: float | None = field(
         None,
-        help="classifier-free guidance scale, 1 disables the negative branch (default: the model's, 5.0)",
+        help="classifier-free guidance scale, 1 disables the negative branch (default: the model's: 1.0 for "
+        "the embedded model, trained without a negative branch; the paper's 5.0 for the released one)",
     )
     seed: int = field(42, help="seed of the initial noise")
     negative_prompt: str = field(DEFAULT_NEGATIVE_PROMPT, help="negative prompt")
@@ -94,7 +108,7 @@ class SamplingConfig:
                 raise ValueError(f"--{name} must be a positive multiple of 16, got {value}")
         if self.num_frames is not None and (self.num_frames < 1 or (self.num_frames - 1) % 4):
             raise ValueError(f"--num-frames must be 4k + 1 (e.g. 81), got {self.num_frames}")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         if self.guidance is not None and self.guidance < 1:
             raise ValueError(f"--guidance must be >= 1, got {self.guidance}")
