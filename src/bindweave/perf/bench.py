@@ -4,7 +4,8 @@ One run measures, for a model size with random weights:
 
 - the DiT time per sampling step (both CFG branches, batched or not, as configured), timed over
   ``repeats`` steps after a warm-up step, on conditioning of the release's shapes;
-- its FLOPs (:mod:`bindweave.perf.flops`), achieved TFLOP/s and MFU against ``peak_tflops``;
+- its FLOPs (:mod:`bindweave.perf.flops`), achieved TFLOP/s and MFU against ``peak_tflops`` (given, the
+  GPU's known peak, or measured with a large matmul: :mod:`bindweave.perf.peak`);
 - the same step on stock diffusers ``WanTransformer3DModel`` sharing the same weights, at the same token
   count and context length (the stock cross-attention split, no connector), and the time ratio;
 - the end-to-end pipeline time (encoders, ``steps`` DiT steps, VAE decode) and the peak memory
@@ -79,6 +80,7 @@ class BenchResult:
     dit_step_tflop: float
     achieved_tflops: float
     peak_tflops: float
+    peak_tflops_source: str  # given, a known GPU peak, or measured with a matmul
     mfu: float
     stock_step_seconds: float | None
     stock_achieved_tflops: float | None
@@ -104,7 +106,6 @@ def run_bench(config: BenchConfig) -> BenchResult:
     config.validate_perf()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    peak = resolve_peak_tflops(config.peak_tflops, device, dtype)
     height, width, num_frames = config.video()
     if config.size == "14b" and device.type != "cuda":
         raise ValueError("the 14b bench materialises 14B random weights: it needs a CUDA device")
@@ -114,6 +115,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         raise ValueError(
             "bench times one process; benchmark context parallelism with generate under torchrun"
         )
+    peak = resolve_peak_tflops(config.peak_tflops, device, dtype)
     torch.manual_seed(config.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -145,8 +147,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
         dit_step_seconds=step_seconds,
         dit_step_tflop=flops / 1e12,
         achieved_tflops=achieved,
-        peak_tflops=peak,
-        mfu=achieved / peak,
+        peak_tflops=peak.tflops,
+        peak_tflops_source=peak.source,
+        mfu=achieved / peak.tflops,
         stock_step_seconds=stock_seconds,
         stock_achieved_tflops=stock_tflops,
         bindweave_over_stock=None if stock_seconds is None else step_seconds / stock_seconds,

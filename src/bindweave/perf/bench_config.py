@@ -31,7 +31,8 @@ class BenchConfig(PerfConfig):
     guidance: float = field(5.0, help="CFG scale (1 times a single branch)")
     peak_tflops: float | None = field(
         None,
-        help="device peak for MFU in TFLOP/s (default: the GPU's dense bf16 peak when known; CPU: required)",
+        help="device peak for MFU in TFLOP/s (default: the GPU's dense bf16 peak when known, else measured "
+        "with a large matmul in the bench's dtype)",
     )
     device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
     dtype: Dtype = field("auto", help="weights dtype; auto = bfloat16 on CUDA, float32 on CPU")
