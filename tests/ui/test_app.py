@@ -110,9 +110,9 @@ def test_local_refiner_needs_an_mllm(monkeypatch):
 
 def test_run_ui_without_gradio_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
-    with pytest.raises(OSError, match=r"pip install 'bindweave\[ui\]'"):
+    with pytest.raises(OSError, match=r'pip install -e "\.\[ui\]"'):
         run_ui(parse_ui([]))
-    assert "bindweave[ui]" in INSTALL_HINT
+    assert '".[ui]"' in INSTALL_HINT
 
 
 def test_run_ui_loads_the_model_builds_the_page_and_serves_it(tiny_model_dir, tmp_path, monkeypatch):

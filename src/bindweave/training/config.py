@@ -23,8 +23,6 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
-
 from bindweave.config import field
 
 T = TypeVar("T")
@@ -387,6 +385,8 @@ def load_train_config(path: str | Path) -> TrainConfig:
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
+    import yaml  # the 'train' extra: imported when a config is read, not when the CLI lists its options
+
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     text = path.read_text(encoding="utf-8")

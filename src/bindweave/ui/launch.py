@@ -14,15 +14,14 @@ from typing import Any
 
 from ..config import field
 from ..default_model import default_model_notice
-from ..generate import ModelConfig
+from ..extras import install_hint
+from ..generate_config import ModelConfig
 from ..refine import RefineOptions
-from .loader import PipelineLoader, model_config_of
-from .refining import make_refiner
 
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD = "50mb"  # reference images; a bigger upload is refused by Gradio before it reaches the app
-INSTALL_HINT = "the web app needs the optional extra: pip install 'bindweave[ui]' (Gradio 5 or newer)"
+INSTALL_HINT = f"the web app needs Gradio 5 or newer, of the 'ui' extra: {install_hint('ui')}"
 
 
 @dataclass(kw_only=True)
@@ -75,6 +74,8 @@ def run_ui(config: UIConfig) -> None:
     """Load the model, build the page and serve it until Ctrl-C."""
     _require_gradio()
     from .app import build_app
+    from .loader import PipelineLoader, model_config_of
+    from .refining import make_refiner
 
     if not _is_loopback(config.host):
         logger.warning("listening on %s: anyone who can reach this machine can use the app", config.host)
