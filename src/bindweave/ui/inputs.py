@@ -42,11 +42,25 @@ class Size:
 
 
 def resolution_presets(native: Size) -> dict[str, Size]:
-    """Preset name -> size: the model's native size first (the fast default), then the paper's 480p/720p."""
+    """Preset name -> size: the model's native size first (the fast default), then the paper's 480p/720p.
+
+    The paper's sizes are offered only to a model native to one of them (the released model). A model
+    native to another size, like the embedded toy (64x64), was trained at that size alone: 480p or 720p
+    would be slow and outside what it knows (a custom size can still be typed in).
+    """
     presets = {f"native ({native.label()})": native}
+    if not paper_sizes_fit(native):
+        return presets
     for name, (height, width) in PAPER_RESOLUTIONS.items():
-        presets[f"{name} ({height}x{width}, {PAPER_FRAMES} frames)"] = Size(height, width, PAPER_FRAMES)
+        size = Size(height, width, PAPER_FRAMES)
+        if size != native:
+            presets[f"{name} ({height}x{width}, {PAPER_FRAMES} frames)"] = size
     return presets
+
+
+def paper_sizes_fit(native: Size) -> bool:
+    """Whether the paper's 480p/720p suit a model of this native size (it is one of them)."""
+    return (native.height, native.width) in PAPER_RESOLUTIONS.values()
 
 
 def native_size(pipe: Any) -> Size:

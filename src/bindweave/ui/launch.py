@@ -61,13 +61,23 @@ def launch_app(
         allowed_paths=[str(out_dir)],
         max_file_size=MAX_UPLOAD,
         show_error=True,  # an unexpected error shows its message in the page instead of a bare "Error"
-        prevent_thread_lock=not block,
-        quiet=not block,
+        prevent_thread_lock=True,
+        # Gradio's start-up lines name its launch() arguments ("set share=True in launch()"): ours name
+        # the command's options. A share link is still printed by Gradio.
+        quiet=True,
         theme=THEME,
         css=CSS,
         ssr_mode=False,
     )
+    print(startup_message(local_url, share))
+    if block:
+        app.block_thread()  # until Ctrl-C
     return fastapi_app, local_url
+
+
+def startup_message(local_url: str, share: bool) -> str:
+    public = "" if share else "; --share also opens a public Gradio link"
+    return f"Serving the web app on {local_url} (Ctrl-C stops it{public})"
 
 
 def run_ui(config: UIConfig) -> None:
