@@ -160,10 +160,10 @@ class BindWeaveTransformer3DModel(WanTransformer3DModel):
         """
         folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
         if folder.is_dir() and not (folder / cls.config_name).is_file():
-            given = sorted(k for k in kwargs if k in cls._default_init_kwargs())
+            given = [k for k in kwargs if k in cls._default_init_kwargs()]
             logger.info(
                 f"{folder} has no {cls.config_name}: using the released BindWeave 14B config"
-                + (f", with {', '.join(given)} as given" if given else "")
+                + (f", {len(given)} of its values replaced by those given" if given else "")
             )
         shapes = checkpoint_shapes(folder) if folder.is_dir() else None
         if strict and shapes is not None:
