@@ -1,5 +1,6 @@
 """The ``bindweave`` CLI on a tiny pipeline folder and the released sample manifest."""
 
+import argparse
 import json
 import re
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from bindweave import cli, generate
 from bindweave.io.manifest import load_manifest
 from bindweave.io.video import probe_video, read_video
-from bindweave.testing import build_tiny_random_pipeline
+from bindweave.testing import TINY_SIZE, build_tiny_random_pipeline
 
 SMALL = ["--height", "32", "--width", "48", "--num-frames", "5", "--steps", "1"]
 
@@ -47,7 +48,7 @@ def extracted(model_dir, fixtures_dir, tmp_path_factory):
     return out
 
 
-def test_generate_writes_an_h264_mp4_that_reloads(model_dir, ref_paths, tmp_path):
+def test_generate_writes_an_h264_mp4_that_reloads(model_dir, ref_paths, tmp_path, caplog):
     out = tmp_path / "video.mp4"
     code = cli.main(
         [
@@ -67,6 +68,9 @@ def test_generate_writes_an_h264_mp4_that_reloads(model_dir, ref_paths, tmp_path
     info = probe_video(out)
     assert (info.num_frames, info.height, info.width, info.fps, info.codec) == (5, 32, 48, 16, "h264")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mp4"]  # no temporary files left
+    native = f"{TINY_SIZE['height']}x{TINY_SIZE['width']}, {TINY_SIZE['num_frames']} frames"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"32x48, 5 frames is not this model's native size ({native}): it may generate worse"]
 
 
 def test_generate_same_seed_same_video(model_dir, ref_paths, tmp_path):
@@ -230,9 +234,67 @@ def test_shard_of_partitions_entries():
 
 def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "bindweave.cli", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0
+    assert result.returncode == 0 and result.stderr == ""
     for command in ("generate", "run-manifest", "extract-mllm", "demo"):
         assert command in result.stdout
+
+
+def test_help_imports_no_job_module_and_no_torch():
+    """``bindweave --help`` lists the commands without importing what they run (it takes a fraction of a
+    second); a command's own help imports its config module only."""
+    script = """
+import contextlib, io, json, sys
+from bindweave.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main(sys.argv[1:])
+    except SystemExit:
+        pass
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("bindweave", "torch", "numpy", "PIL"))))
+"""
+    top = json.loads(subprocess.check_output([sys.executable, "-c", script, "--help"], text=True))
+    assert top == ["bindweave", "bindweave._lazy", "bindweave._logging", "bindweave.cli", "bindweave.config",
+                   "bindweave.extras"]  # fmt: skip
+    generate_help = json.loads(
+        subprocess.check_output([sys.executable, "-c", script, "generate", "--help"], text=True)
+    )
+    assert "bindweave.generate_config" in generate_help and "bindweave.generate" not in generate_help
+    assert not any(m.split(".")[0] == "torch" for m in generate_help)
+
+
+def _options(command: str) -> dict[str, str]:
+    *group, name = command.split(" ")
+    parser = cli.build_parser()
+    for word in [*group, name]:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+    return {a.dest: a.help for a in parser._actions}
+
+
+def test_help_states_the_real_defaults_of_both_models():
+    """The help's numbers are the shipped model's model_index.json and the released pipeline's defaults."""
+    import inspect
+
+    from bindweave.default_model import SHIPPED_MODEL
+    from bindweave.pipeline import BindWeavePipeline
+
+    toy = json.loads((SHIPPED_MODEL / "model_index.json").read_text())
+    paper = {k: p.default for k, p in inspect.signature(BindWeavePipeline.__init__).parameters.items()}
+    for command in ("generate", "run-manifest", "eval generate"):
+        options = _options(command)
+        size = f"{toy['default_height']}x{toy['default_width']} for the embedded model, "
+        assert (
+            size + f"{paper['default_height']}x{paper['default_width']} for the released one"
+            in options["height"]
+        )
+        frames = f"{toy['default_num_frames']} for the embedded model, {paper['default_num_frames']} for the released"
+        assert frames in options["num_frames"]
+        steps = f"{toy['default_num_inference_steps']} for the embedded model, the paper's "
+        assert steps + f"{paper['default_num_inference_steps']} for the released one" in options["steps"]
+        assert f"{toy['default_guidance_scale']} for the embedded model" in options["guidance"]
+        assert f"the paper's {paper['default_guidance_scale']} for the released one" in options["guidance"]
+    demo = _options("demo")
+    assert demo["prompt"].count("(default:") == 1
+    assert f"{toy['default_num_inference_steps']} for the embedded model" in demo["steps"]
 
 
 def test_a_successful_job_closes_the_process_group_it_leaves_open(tmp_path):

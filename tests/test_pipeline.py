@@ -231,14 +231,25 @@ def test_defaults_are_the_paper_settings(pipe):
     import inspect
 
     params = inspect.signature(BindWeavePipeline.__call__).parameters
-    assert params["num_inference_steps"].default == 50 and params["guidance_scale"].default is None
+    assert params["num_inference_steps"].default is None and params["guidance_scale"].default is None
     assert params["negative_prompt"].default.startswith("Bright tones, overexposed")
     assert (pipe.config.default_height, pipe.config.default_width, pipe.config.default_num_frames) == (
         720,
         1280,
         81,
     )
-    assert pipe.config.default_guidance_scale == 5.0
+    assert pipe.config.default_guidance_scale == 5.0 and pipe.config.default_num_inference_steps == 50
+
+
+def test_steps_default_to_the_models_saved_count(pipe, refs, tmp_path):
+    few = BindWeavePipeline(**pipe.components, default_num_inference_steps=3)
+    few.save_pretrained(tmp_path / "few")
+    reloaded = BindWeavePipeline.from_pretrained(tmp_path / "few")
+    assert reloaded.config.default_num_inference_steps == 3
+    with ForwardSpy(reloaded.transformer) as spy:
+        default = run(reloaded, refs, num_inference_steps=None, guidance_scale=1.0)
+    assert len(spy.calls) == 3
+    assert np.array_equal(default, run(reloaded, refs, num_inference_steps=3, guidance_scale=1.0))
 
 
 def test_guidance_defaults_to_the_models_saved_scale(pipe, refs, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bindweave._lazy import lazy_getattr
+from bindweave._logging import quiet_library_warnings
 
 __version__ = "0.1.0"
 
@@ -18,3 +19,5 @@ __all__ = ["BindWeavePipeline", "BindWeaveTransformer3DModel"]
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
+
+quiet_library_warnings()

@@ -1,35 +1,25 @@
-"""The ``bindweave`` command: one subcommand per job, each derived from the job's typed config."""
+"""The ``bindweave`` command: one subcommand per job, each derived from the job's typed config.
+
+The command table names each job's config class and run function by import path, and a command line
+builds the options of its own subcommand only: ``bindweave --help`` imports no job module, and
+``bindweave <command> --help`` imports only that job's config module, which imports no torch,
+diffusers or transformers (:mod:`bindweave.generate_config` and its siblings). The run function's
+module, with the heavy imports, is imported when the job runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import config as cfg
-from .demo import DemoConfig, run_demo
-from .eval.score import EvalScoreConfig, run_score
-from .generate import (
-    ExtractMLLMConfig,
-    GenerateConfig,
-    RunManifestConfig,
-    run_extract_mllm,
-    run_generate,
-    run_manifest,
-)
-from .perf.bench import BenchConfig, run_bench
-from .refine import RefineConfig, run_refine
-from .toy.dataset import ToyDataConfig, run_toy_data
-from .toy.evaluate import ToyEvalConfig, run_toy_eval
-from .toy.export import ToyExportConfig, run_toy_export
-from .toy.vae import ToyBaseConfig, run_toy_base
-from .training.config import PrecomputeConfig
-from .training.distributed import shutdown_distributed
-from .training.precompute import run_precompute
-from .ui import UIConfig, run_ui
+from .extras import install_hint, missing_extra
 
 
 @dataclass
@@ -43,91 +33,141 @@ def run_train_command(args: TrainCommandConfig):
     return run_train(load_train_config(args.config))
 
 
+def _resolve(path: str) -> Any:
+    """``"bindweave.module:name"`` -> that object (importing the module)."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
     help: str
-    config_cls: type
-    run: Callable
+    config_path: str  # "module:ConfigClass", imported only when this command is parsed
+    run_path: str  # "module:function", imported only when the job runs
 
+    @property
+    def config_cls(self) -> type:
+        return _resolve(self.config_path)
+
+    @property
+    def run(self) -> Callable:
+        return _resolve(self.run_path)
+
+
+_GEN = "bindweave.generate"
+_GEN_CONFIG = "bindweave.generate_config"
 
 COMMANDS = [
-    Command("demo", "generate a demo video with the embedded default model", DemoConfig, run_demo),
     Command(
-        "generate", "generate one video from 1-4 reference images and a prompt", GenerateConfig, run_generate
+        "demo",
+        "generate a demo video with the embedded default model",
+        "bindweave.demo:DemoConfig",
+        "bindweave.demo:run_demo",
+    ),
+    Command(
+        "generate",
+        "generate one video from 1-4 reference images and a prompt (default model: the embedded one)",
+        f"{_GEN_CONFIG}:GenerateConfig",
+        f"{_GEN}:run_generate",
     ),
     Command(
         "run-manifest",
         "generate every entry of a test_case.json-format manifest to <id>.mp4 (resumable)",
-        RunManifestConfig,
-        run_manifest,
+        f"{_GEN_CONFIG}:RunManifestConfig",
+        f"{_GEN}:run_manifest",
     ),
     Command(
         "eval generate",
         "generate the OpenS2V-Eval videos of a manifest (fixed seed, resumable, sharded under torchrun)",
-        RunManifestConfig,
-        run_manifest,
+        f"{_GEN_CONFIG}:RunManifestConfig",
+        f"{_GEN}:run_manifest",
     ),
-    Command("eval score", "score generated videos with the OpenS2V-Eval metrics", EvalScoreConfig, run_score),
+    Command(
+        "eval score",
+        "score generated videos with the OpenS2V-Eval metrics",
+        "bindweave.eval.score_config:EvalScoreConfig",
+        "bindweave.eval.score:run_score",
+    ),
     Command(
         "refine",
         "rewrite a manifest's prompts from its references with a VLM (spec 5)",
-        RefineConfig,
-        run_refine,
+        "bindweave.refine:RefineConfig",
+        "bindweave.refine:run_refine",
     ),
     Command(
         "precompute",
         "encode a training manifest's clips once into a feature cache (resumable, sharded under torchrun)",
-        PrecomputeConfig,
-        run_precompute,
+        "bindweave.training.config:PrecomputeConfig",
+        "bindweave.training.precompute:run_precompute",
     ),
     Command(
         "train",
         "train or fine-tune BindWeave from a config (torchrun for FSDP2)",
-        TrainCommandConfig,
-        run_train_command,
+        "bindweave.cli:TrainCommandConfig",
+        "bindweave.cli:run_train_command",
     ),
     Command(
         "bench",
         "benchmark the DiT and the pipeline against stock Wan (prints the figures)",
-        BenchConfig,
-        run_bench,
+        "bindweave.perf.bench_config:BenchConfig",
+        "bindweave.perf.bench:run_bench",
     ),
-    Command("ui", "serve the subject-to-video web app on 127.0.0.1 (needs the 'ui' extra)", UIConfig, run_ui),
+    Command(
+        "ui",
+        "serve the subject-to-video web app on 127.0.0.1 (needs the 'ui' extra)",
+        "bindweave.ui.launch:UIConfig",
+        "bindweave.ui.launch:run_ui",
+    ),
     Command(
         "toy data",
         "write toy-world samples: a training manifest, reference images + masks, clips, ground truth",
-        ToyDataConfig,
-        run_toy_data,
+        "bindweave.toy.config:ToyDataConfig",
+        "bindweave.toy.dataset:run_toy_data",
     ),
     Command(
         "toy base",
         "train the toy VAE and save the untrained toy pipeline around it (the start of toy training)",
-        ToyBaseConfig,
-        run_toy_base,
+        "bindweave.toy.config:ToyBaseConfig",
+        "bindweave.toy.vae:run_toy_base",
     ),
     Command(
         "toy export",
         "copy a training checkpoint to a self-contained pipeline folder",
-        ToyExportConfig,
-        run_toy_export,
+        "bindweave.toy.export:ToyExportConfig",
+        "bindweave.toy.export:run_toy_export",
     ),
     Command(
         "toy-eval",
         "benchmark a toy model against its ablations and a random model on held-out toy scenes",
-        ToyEvalConfig,
-        run_toy_eval,
+        "bindweave.toy.config:ToyEvalConfig",
+        "bindweave.toy.evaluate:run_toy_eval",
     ),
     Command(
         "extract-mllm",
         "save the MLLM states of a manifest in the released .pt format, plus a manifest copy pointing at them",
-        ExtractMLLMConfig,
-        run_extract_mllm,
+        f"{_GEN_CONFIG}:ExtractMLLMConfig",
+        f"{_GEN}:run_extract_mllm",
     ),
 ]
 
 
-def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+def _chosen_command(argv: Sequence[str], commands: Sequence[Command]) -> Command | None:
+    """The command that ``argv`` names (its words after the top-level options), if any."""
+    words = [a for a in argv if not a.startswith("-")]
+    for command in commands:
+        name = command.name.split(" ")
+        if words[: len(name)] == name:
+            return command
+    return None
+
+
+def build_parser(
+    commands: Sequence[Command] = COMMANDS, argv: Sequence[str] | None = None
+) -> argparse.ArgumentParser:
+    """The ``bindweave`` parser; with ``argv``, only the command it names gets its options (and its
+    config module imported), which keeps ``bindweave --help`` and every start-up light."""
+    chosen = None if argv is None else _chosen_command(argv, commands)
     parser = argparse.ArgumentParser(prog="bindweave", description="BindWeave subject-to-video generation")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,26 +182,42 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
                 groups[group[0]] = group_parser.add_subparsers(dest="subcommand", required=True)
             target = groups[group[0]]
         sub_parser = target.add_parser(name, help=command.help, description=command.help)
-        cfg.add_arguments(sub_parser, command.config_cls)
+        if argv is None or command is chosen:
+            cfg.add_arguments(sub_parser, command.config_cls)
         sub_parser.set_defaults(_command=command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv=argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    log = logging.getLogger("bindweave")
     command: Command = args._command
     config = cfg.from_namespace(command.config_cls, args)
     try:
         command.run(config)
     except (ValueError, OSError) as err:  # user errors: one clear line, non-zero exit
-        logging.getLogger("bindweave").error("%s", err)
+        log.error("%s", err)
+        return 1
+    except ImportError as err:
+        missing = missing_extra(err)
+        if missing is None:
+            raise
+        package, extra = missing
+        log.error(
+            "bindweave %s needs %r, of the %r extra: %s", command.name, package, extra, install_hint(extra)
+        )
         return 1
     # A context-parallel torchrun job leaves its process group open: close it, on success only (tearing
-    # down while another rank is still inside a collective can hang or abort that rank).
-    shutdown_distributed()
+    # down while another rank is still inside a collective can hang or abort that rank). Only a job that
+    # imported torch.distributed can have opened one.
+    if "torch.distributed" in sys.modules:
+        from .training.distributed import shutdown_distributed
+
+        shutdown_distributed()
     return 0
 
 

@@ -36,7 +36,7 @@ def default_model_notice() -> str:
 
 @cache
 def _demo_scene():
-    from .toy.dataset import toy_scene
+    from .toy.world import toy_scene
 
     return toy_scene(*DEMO_SCENE)
 

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .config import field
 from .default_model import default_model_notice, demo_prompt, demo_references
-from .generate import ModelConfig, load_pipeline
-from .io.files import ensure_writable_dir
-from .io.strip import write_strip
-from .io.video import write_video
+from .generate_config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -22,12 +16,22 @@ logger = logging.getLogger(__name__)
 @dataclass(kw_only=True)
 class DemoConfig(ModelConfig):
     out: Path = field(Path("outputs"), help="output folder for demo.mp4 and demo.png")
-    prompt: str = field(default_factory=demo_prompt, help="prompt (default: the demo scene's)")
-    steps: int = field(20, help="sampling steps")
+    prompt: str = field(
+        default_factory=demo_prompt, help="prompt; it names each subject by its reference image's position"
+    )
+    steps: int | None = field(None, help="sampling steps (default: the model's: 20 for the embedded model)")
     seed: int = field(0, help="seed")
 
 
 def run_demo(config: DemoConfig) -> tuple[Path, Path]:
+    # Imported here: the CLI builds the demo's options from this module without loading torch.
+    import torch
+
+    from .generate import load_pipeline
+    from .io.files import ensure_writable_dir
+    from .io.strip import write_strip
+    from .io.video import write_video
+
     video_path, strip_path = config.out / "demo.mp4", config.out / "demo.png"
     ensure_writable_dir(video_path)
     if config.uses_default_model:
@@ -44,9 +48,3 @@ def run_demo(config: DemoConfig) -> tuple[Path, Path]:
     write_strip(references, frames, strip_path)
     print(f"video: {video_path.resolve()}\nstrip: {strip_path.resolve()}")
     return video_path, strip_path
-
-
-if __name__ == "__main__":
-    from .cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))

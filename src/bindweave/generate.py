@@ -1,7 +1,7 @@
 """Generation jobs: one video, a whole manifest, and MLLM-state extraction for a manifest.
 
-Each job is a typed config (the CLI is derived from it, see :mod:`bindweave.cli`) and a ``run_*``
-function. Inputs are validated before any model is loaded, outputs are written atomically, and manifest
+Each job is a typed config (in :mod:`bindweave.generate_config`, re-exported here; the CLI is derived
+from it, see :mod:`bindweave.cli`) and a ``run_*`` function. Inputs are validated before any model is loaded, outputs are written atomically, and manifest
 runs skip finished outputs, so a killed run resumes losing nothing.
 """
 
@@ -12,17 +12,24 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from .conditioning.mllm import MLLM_NEGATIVE_SUFFIX, encode_mllm, load_mllm_processor
 from .conditioning.references import load_references
-from .conditioning.text import DEFAULT_NEGATIVE_PROMPT
-from .config import field, to_dict
+from .config import to_dict
+from .default_model import default_model_notice
+from .generate_config import (
+    Dtype,
+    ExtractMLLMConfig,
+    GenerateConfig,
+    ModelConfig,
+    RunManifestConfig,
+    SamplingConfig,
+    WeightsConfig,
+)
 from .io.files import atomic_torch_save, atomic_write_json, ensure_writable_dir
 from .io.manifest import (
     ManifestEntry,
@@ -33,115 +40,28 @@ from .io.manifest import (
     with_fields,
 )
 from .io.video import write_video
-from .perf.config import PerfConfig, apply_perf_config
-from .refine import RefineOptions, refine_prompt
+from .perf.config import apply_perf_config
+from .refine import refine_prompt
 
 logger = logging.getLogger(__name__)
 
-Dtype = Literal["auto", "bfloat16", "float16", "float32"]
-
-
-@dataclass(kw_only=True)
-class WeightsConfig:
-    """Which weights to load and where to run them."""
-
-    model: Path | None = field(
-        None, help="a saved BindWeavePipeline folder (default: the embedded default model)"
-    )
-    wan: Path | None = field(
-        None, help="released Wan2.1-I2V-14B-720P-Diffusers folder (use with --transformer)"
-    )
-    transformer: Path | None = field(None, help="released BindWeave transformer folder (use with --wan)")
-    mllm: Path | None = field(
-        None, help="Qwen2.5-VL-7B-Instruct folder (not needed with precomputed MLLM states)"
-    )
-    dtype: Dtype = field("auto", help="weights dtype; auto = bfloat16 on CUDA, float32 on CPU")
-    device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
-
-    @property
-    def uses_default_model(self) -> bool:
-        """Neither ``--model`` nor ``--wan`` given: the embedded default model is loaded."""
-        return self.model is None and self.wan is None
-
-    def check_folders(self) -> None:
-        """Every named weights folder exists, checked before anything is loaded."""
-        if (self.wan is None) != (self.transformer is None):
-            raise ValueError(
-                "--wan and --transformer go together (the released Wan I2V and BindWeave folders)"
-            )
-        if self.wan is not None and self.model is not None:
-            raise ValueError("give either --model or --wan/--transformer, not both")
-        for name in ("model", "wan", "transformer", "mllm"):
-            folder = getattr(self, name)
-            if folder is not None and not Path(folder).is_dir():
-                raise FileNotFoundError(f"--{name} {folder}: no such folder")
-
-
-@dataclass(kw_only=True)
-class ModelConfig(WeightsConfig, PerfConfig):
-    """Which weights to load, where to run them, and how fast and lean (:class:`PerfConfig`)."""
-
-
-@dataclass(kw_only=True)
-class SamplingConfig:
-    """The sampler settings; the defaults are the paper's (size defaults to the model's native size)."""
-
-    height: int | None = field(None, help="video height, a multiple of 16 (default: the model's, 720)")
-    width: int | None = field(None, help="video width, a multiple of 16 (default: the model's, 1280)")
-    num_frames: int | None = field(None, help="frames, 4k+1 (default: the model's, 81)")
-    steps: int = field(50, help="UniPC sampling steps")
-    guidance: float | None = field(
-        None,
-        help="classifier-free guidance scale, 1 disables the negative branch (default: the model's, 5.0)",
-    )
-    seed: int = field(42, help="seed of the initial noise")
-    negative_prompt: str = field(DEFAULT_NEGATIVE_PROMPT, help="negative prompt")
-    fps: int = field(16, help="frame rate of the written mp4")
-
-    def validate(self) -> None:
-        """The size rules that need no model, checked before any weights are loaded."""
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and (value <= 0 or value % 16):
-                raise ValueError(f"--{name} must be a positive multiple of 16, got {value}")
-        if self.num_frames is not None and (self.num_frames < 1 or (self.num_frames - 1) % 4):
-            raise ValueError(f"--num-frames must be 4k + 1 (e.g. 81), got {self.num_frames}")
-        if self.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        if self.guidance is not None and self.guidance < 1:
-            raise ValueError(f"--guidance must be >= 1, got {self.guidance}")
-
-
-@dataclass(kw_only=True)
-class GenerateConfig(ModelConfig, SamplingConfig, RefineOptions):
-    refs: list[Path] = field(help="1-4 reference images, in order")
-    prompt: str = field(help="what the subjects do")
-    out: Path = field(help="output .mp4 path")
-    mllm_states: Path | None = field(
-        None, help="precomputed MLLM states (.pt, released format) for the prompt"
-    )
-    negative_mllm_states: Path | None = field(None, help="precomputed MLLM states for the negative prompt")
-
-
-@dataclass(kw_only=True)
-class RunManifestConfig(ModelConfig, SamplingConfig):
-    manifest: Path = field(help="test_case.json-format manifest: id -> {img_paths, prompt, ...}")
-    images_dir: Path = field(help="folder the manifest's img_paths are relative to")
-    out: Path = field(help="output folder; each entry is written to <id>.mp4")
-
-
-@dataclass(kw_only=True)
-class ExtractMLLMConfig(WeightsConfig):
-    manifest: Path = field(help="test_case.json-format manifest")
-    images_dir: Path = field(help="folder the manifest's img_paths are relative to")
-    out: Path = field(help="output folder for <id>_hidden_states.pt / <id>_hidden_states_negative.pt")
-    out_manifest: Path | None = field(
-        None, help="manifest copy with hidden_states paths (default: <out>/<name>)"
-    )
-    negative_prompt: str = field(
-        DEFAULT_NEGATIVE_PROMPT, help="negative prompt (the MLLM suffix is appended)"
-    )
-
+__all__ = [
+    "Dtype",
+    "ExtractMLLMConfig",
+    "GenerateConfig",
+    "ModelConfig",
+    "RunManifestConfig",
+    "SamplingConfig",
+    "WeightsConfig",
+    "load_pipeline",
+    "resolve_device",
+    "resolve_dtype",
+    "run_extract_mllm",
+    "run_generate",
+    "run_manifest",
+    "sampling_kwargs",
+    "shard_of",
+]
 
 # ---------------------------------------------------------------------------------------------- loading
 
@@ -206,7 +126,9 @@ def run_generate(config: GenerateConfig) -> Path:
     _check_mp4_path(config.out)
     references = load_references(config.refs)  # fail on a bad image before loading any model
     config.check_refine()
+    _announce_default_model(config)
     pipe = load_pipeline(config)
+    warn_if_not_native(pipe, config)
     prompt = _refined_prompt(config, pipe, references)
     frames = pipe(
         prompt,
@@ -219,6 +141,26 @@ def run_generate(config: GenerateConfig) -> Path:
         write_video(frames, config.out, fps=config.fps)
     logger.info("wrote %s", config.out)
     return config.out
+
+
+def _announce_default_model(config: WeightsConfig) -> None:
+    if config.uses_default_model:
+        print(default_model_notice())
+
+
+def warn_if_not_native(pipe, config: SamplingConfig) -> None:
+    """Warn when the video size is not the model's native one (``default_*`` in its model_index.json)."""
+    native = (pipe.config.default_height, pipe.config.default_width, pipe.config.default_num_frames)
+    asked = tuple(
+        n if v is None else v
+        for v, n in zip((config.height, config.width, config.num_frames), native, strict=True)
+    )
+    if asked != native:
+        logger.warning(
+            "%dx%d, %d frames is not this model's native size (%dx%d, %d frames): it may generate worse",
+            *asked,
+            *native,
+        )
 
 
 def _refined_prompt(config: GenerateConfig, pipe, references) -> str:
@@ -262,7 +204,9 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
     logger.info("%d of %d entries to generate in %s", len(todo), len(entries), config.out)
     if not todo:
         return []
+    _announce_default_model(config)
     pipe = load_pipeline(config)
+    warn_if_not_native(pipe, config)
     written, seconds = [], {}
     for entry in tqdm(todo, desc="manifest", unit="video"):
         start = time.perf_counter()
@@ -363,6 +307,8 @@ def _load_mllm(config: WeightsConfig):
     if config.mllm is not None:
         model_dir = processor_dir = config.mllm
     else:
+        if config.model is None:
+            print(default_model_notice())
         root = config.model or default_model_path()
         model_dir, processor_dir = root / "mllm", root / "mllm_processor"
     device = resolve_device(config.device)

@@ -40,8 +40,8 @@ from .denoiser import Conditioning, guided_velocity
 from .flow import released_sampling_sigmas, released_sigma_grid, sampling_scheduler
 from .models import BindWeaveTransformer3DModel
 from .perf.caching import StepCacheSpec
-from .perf.config import Precision
 from .perf.cross_attention import context_kv_cache, install_fast_cross_attention
+from .perf.kinds import Precision
 from .perf.parallel import ContextParallelKind, check_sequence_split, enable_context_parallel
 
 MLLMStates = torch.Tensor | str | os.PathLike
@@ -82,6 +82,7 @@ class BindWeavePipeline(DiffusionPipeline):
         default_width: int = 1280,
         default_num_frames: int = 81,
         default_guidance_scale: float = 5.0,
+        default_num_inference_steps: int = 50,
     ):
         super().__init__()
         self.register_modules(
@@ -95,14 +96,15 @@ class BindWeavePipeline(DiffusionPipeline):
             mllm=mllm,
             mllm_processor=mllm_processor,
         )
-        # The model's native size and guidance, saved in model_index.json: 720x1280x81 and 5.0 for the
-        # released model. A model trained without condition dropout (the toy) has no negative branch to
-        # guide against and saves 1.0.
+        # The model's native size, guidance and steps, saved in model_index.json: 720x1280x81, 5.0 and 50
+        # for the released model. A model trained without condition dropout (the toy) has no negative
+        # branch to guide against and saves 1.0.
         self.register_to_config(
             default_height=default_height,
             default_width=default_width,
             default_num_frames=default_num_frames,
             default_guidance_scale=default_guidance_scale,
+            default_num_inference_steps=default_num_inference_steps,
         )
         self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial
@@ -430,7 +432,7 @@ class BindWeavePipeline(DiffusionPipeline):
         height: int | None = None,
         width: int | None = None,
         num_frames: int | None = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         mllm_hidden_states: MLLMStates | None = None,
@@ -449,7 +451,7 @@ class BindWeavePipeline(DiffusionPipeline):
             height, width: output size, multiples of 16; default the model's native size
                 (``default_height`` / ``default_width`` in its config: 720x1280 for the released model).
             num_frames: ``4k + 1`` frames; default ``default_num_frames`` (81, at 16 fps, when released).
-            num_inference_steps: UniPC steps (50).
+            num_inference_steps: UniPC steps; default ``default_num_inference_steps`` (50 when released).
             guidance_scale: classifier-free guidance; 1 disables the unconditional branch; default
                 ``default_guidance_scale`` (5.0 for the released model).
             generator: for the initial noise.
@@ -467,6 +469,8 @@ class BindWeavePipeline(DiffusionPipeline):
         width = self.config.default_width if width is None else width
         num_frames = self.config.default_num_frames if num_frames is None else num_frames
         guidance_scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
         self.check_inputs(prompt, height, width, num_frames, guidance_scale)
         self._interrupt = False
         do_cfg = guidance_scale != 1.0

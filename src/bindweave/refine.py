@@ -24,7 +24,6 @@ from typing import Any, Literal, Protocol
 from PIL import Image
 from tqdm import tqdm
 
-from bindweave.conditioning.references import load_references
 from bindweave.config import field
 from bindweave.eval.chat import ChatClient, ChatEndpointError, image_part, text_part
 from bindweave.io.manifest import ManifestEntry, load_manifest, resolve_images, save_manifest, with_fields
@@ -304,6 +303,8 @@ def build_refiner(config: RefineConfig) -> PromptRefiner:
 
 
 def _load_images(entry: ManifestEntry, images_dir: Path) -> list[Image.Image]:
+    from bindweave.conditioning.references import load_references  # torch: imported when a job runs
+
     return load_references(resolve_images(entry, images_dir))  # the generator's loading rules (1-4, RGB)
 
 

@@ -45,6 +45,17 @@ def test_released_layout_round_trip_without_config(released):
     } <= keys
 
 
+def test_a_configless_load_says_once_which_config_it_uses(released, caplog):
+    _model, folder = released
+    with caplog.at_level("INFO", logger="bindweave.models.transformer"):
+        BindWeaveTransformer3DModel.from_pretrained(folder, **TINY)
+    (line,) = [r.getMessage() for r in caplog.records if "config.json" in r.getMessage()]
+    expected = (
+        f"{folder} has no config.json: using the released BindWeave 14B config, {len(TINY)} of its values"
+    )
+    assert line == expected + " replaced by those given"
+
+
 def test_configless_folder_gets_the_released_14b_config(released):
     _model, folder = released
     config = BindWeaveTransformer3DModel.load_config(folder)

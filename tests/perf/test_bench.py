@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bindweave.models import BindWeaveTransformer3DModel
+from bindweave.perf import peak
 from bindweave.perf.bench import (
     BenchConfig,
     BenchResult,
@@ -18,29 +19,47 @@ from bindweave.perf.bench import (
     stock_wan_sharing_weights,
 )
 from bindweave.perf.flops import DiTWorkload, dit_forward_flops
+from bindweave.perf.peak import Peak
 from bindweave.testing import tiny_transformer_kwargs
 
 
 def test_bench_tiny_prints_every_figure(capsys):
-    result = run_bench(BenchConfig(size="tiny", peak_tflops=0.5, steps=1, repeats=1))
+    """The defaults (tiny size, a measured peak) run on a CPU; only the steps and repeats are cut for time."""
+    config = BenchConfig(steps=1, repeats=1)
+    assert (config.size, config.peak_tflops, config.video()) == ("tiny", None, (32, 48, 5))
+    result = run_bench(config)
     printed = dict(re.findall(r"^(\w+): (.+)$", capsys.readouterr().out, flags=re.MULTILINE))
     assert set(printed) == {f.name for f in dataclasses.fields(BenchResult)}
     assert "not measured" not in printed.values()  # on CPU the tiny size measures everything
     assert printed["dit_tokens"] == "36" and printed["context_tokens"] == str(4 * 17 + 526 + 512)
     assert printed["forwards_per_step"] == "1"  # CFG batched by default
     assert result.dit_step_seconds > 0 and result.stock_step_seconds > 0 and result.end_to_end_seconds > 0
-    assert result.mfu == pytest.approx(result.achieved_tflops / 0.5)
+    assert printed["peak_tflops_source"] == "measured: 1024x1024 float32 matmul" and result.peak_tflops > 0
+    assert result.mfu == pytest.approx(result.achieved_tflops / result.peak_tflops)
     assert result.peak_memory_kind == "peak RSS of the process" and result.peak_memory_gib > 0
 
 
-def test_peak_tflops_is_required_where_unknown():
-    with pytest.raises(ValueError, match="--peak-tflops"):
-        resolve_peak_tflops(None, torch.device("cpu"), torch.float32)
+def test_peak_tflops_given_or_measured_where_unknown():
     with pytest.raises(ValueError, match="positive"):
         resolve_peak_tflops(0.0, torch.device("cpu"), torch.float32)
-    assert resolve_peak_tflops(1.5, torch.device("cpu"), torch.float32) == 1.5
+    assert resolve_peak_tflops(1.5, torch.device("cpu"), torch.float32) == Peak(1.5, "given (--peak-tflops)")
+    measured = resolve_peak_tflops(None, torch.device("cpu"), torch.float32)
+    assert measured.source == "measured: 1024x1024 float32 matmul" and measured.tflops > 0
     with pytest.raises(ValueError, match="CUDA"):
         run_bench(BenchConfig(size="14b", peak_tflops=1.0, device="cpu"))
+
+
+def test_measured_peak_is_the_matmul_flops_over_the_timed_seconds(monkeypatch):
+    """A fake clock, 0.1 s per reading: 3 matmuls, then one per reading until 0.25 s have passed."""
+    clock = iter(x / 10 for x in range(100))
+    monkeypatch.setattr(peak.time, "perf_counter", lambda: next(clock))
+    calls = []
+    real_matmul = torch.matmul
+    monkeypatch.setattr(peak.torch, "matmul", lambda a, b: calls.append(a.shape) or real_matmul(a, b))
+    tflops = peak.measure_matmul_tflops(torch.device("cpu"), torch.float32, side=64)
+    # Readings: start 0.0; after 3 matmuls 0.1, 0.2 (two more), 0.3 stops; the end reading is 0.4.
+    assert len(calls) == 1 + 5  # one warm-up
+    assert tflops == pytest.approx(2 * 64**3 * 5 / 0.4 / 1e12)
 
 
 def test_flops_of_the_released_model_at_720p():

@@ -16,7 +16,7 @@ from bindweave.default_model import (
 from bindweave.generate import WeightsConfig
 from bindweave.pipeline import BindWeavePipeline
 from bindweave.toy.evaluate import ToyEvalConfig, toy_eval
-from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE
+from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE, TOY_STEPS
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,7 @@ def test_the_shipped_model_is_a_small_safetensors_pipeline_folder():
 def test_the_shipped_model_loads_at_the_toy_size(shipped):
     assert {k: shipped.config[f"default_{k}"] for k in TOY_SIZE} == TOY_SIZE
     assert shipped.config.default_guidance_scale == TOY_GUIDANCE
+    assert shipped.config.default_num_inference_steps == TOY_STEPS == 20
     assert shipped.vae.config.scale_factor_spatial == 4
     assert not any(p.isnan().any() for p in shipped.transformer.parameters())
 

@@ -10,7 +10,7 @@ import pytest
 
 from bindweave.generate import ModelConfig
 from bindweave.testing import build_tiny_random_pipeline
-from bindweave.ui.handlers import PipelineLoader
+from bindweave.ui.loader import PipelineLoader
 
 
 @pytest.fixture(scope="session")

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
+import PIL.Image
 import pytest
 
 from bindweave import config as cfg
+from bindweave.default_model import SHIPPED_MODEL
 from bindweave.generate import ModelConfig
 from bindweave.refine import EndpointRefiner
+from bindweave.toy.sprites import reference_image
+from bindweave.toy.world import toy_scene
 from bindweave.ui import UIConfig, run_ui
-from bindweave.ui.handlers import PipelineLoader, UIError
-from bindweave.ui.launch import INSTALL_HINT, make_refiner
+from bindweave.ui.examples import EXAMPLE_SCENES, toy_examples, uses_embedded_model
+from bindweave.ui.inputs import UIError
+from bindweave.ui.launch import INSTALL_HINT, launch_app
+from bindweave.ui.loader import PipelineLoader
+from bindweave.ui.refining import make_refiner
 
 gr = pytest.importorskip("gradio", reason="the web app needs the 'ui' extra: pip install 'bindweave[ui]'")
 from bindweave.ui.app import MODEL_QUEUE, build_app  # noqa: E402 - needs gradio
@@ -54,21 +64,70 @@ def test_refine_button_only_with_a_refiner(app, pipe_loader, tmp_path):
     assert component(with_refiner, "refine").visible is True
 
 
-def test_settings_start_at_the_paper_defaults_and_native_size(app):
+def test_settings_start_at_the_models_defaults_and_native_size(app):
+    # The tiny test model saves the paper's steps and guidance and a native size of its own.
     assert component(app, "steps").value == 50
     assert component(app, "guidance").value == 5.0
     assert (component(app, "height").value, component(app, "width").value) == (64, 96)
     assert component(app, "frames").value == 17
     preset = component(app, "preset")
-    assert preset.value.startswith("native (64x96")
-    assert [c[0] for c in preset.choices][1:] == [
-        "480p (480x832, 81 frames)",
-        "720p (720x1280, 81 frames)",
-        "custom",
-    ]
+    assert [c[0] for c in preset.choices] == ["native (64x96, 17 frames)", "custom"]
+    assert preset.value == "native (64x96, 17 frames)" and "480p (480x832)" in preset.info
     memory = component(app, "memory")
     assert memory.value == "none"
     assert memory.interactive is False  # the offload modes need a GPU; this app runs on the CPU
+    assert not datasets(app)  # toy-world examples only for the embedded model
+
+
+class ReleasedLikeLoader:
+    """Stands in for a loaded released model: only the saved defaults that the page reads."""
+
+    config = ModelConfig(model=Path("released"), device="cpu")
+
+    def __call__(self, memory: str | None = None) -> SimpleNamespace:
+        defaults = dict(height=720, width=1280, num_frames=81, guidance_scale=5.0, num_inference_steps=50)
+        return SimpleNamespace(config=SimpleNamespace(**{f"default_{k}": v for k, v in defaults.items()}))
+
+
+def test_a_model_native_to_720p_is_offered_the_paper_sizes(tmp_path):
+    app = build_app(ReleasedLikeLoader(), tmp_path)
+    preset = component(app, "preset")
+    assert [c[0] for c in preset.choices] == [
+        "native (720x1280, 81 frames)",
+        "480p (480x832, 81 frames)",
+        "custom",
+    ]
+    assert preset.info is None
+    assert (component(app, "steps").value, component(app, "guidance").value) == (50, 5.0)
+
+
+def datasets(blocks: gr.Blocks) -> list:
+    return [b for b in blocks.blocks.values() if isinstance(b, gr.Dataset)]
+
+
+def test_the_embedded_model_is_offered_toy_world_examples_at_its_own_size(tmp_path):
+    app = build_app(PipelineLoader(ModelConfig(device="cpu")), tmp_path)
+    assert (component(app, "steps").value, component(app, "guidance").value) == (20, 1.0)
+    preset = component(app, "preset")
+    assert [c[0] for c in preset.choices] == ["native (64x64, 17 frames)", "custom"]
+    (examples,) = datasets(app)
+    assert examples.elem_id == "examples"
+    ids = [component(app, "refs")._id, component(app, "prompt")._id]
+    assert examples.get_config()["component_ids"] == ids  # a click fills the references and the prompt
+    expected = [toy_scene(*scene) for scene in EXAMPLE_SCENES]
+    assert [sample[1] for sample in examples.samples] == [scene.prompt for scene in expected]
+    assert [len(scene.subjects) for scene in expected] == [2, 1, 3, 4]
+    for scene, example in zip(expected, toy_examples(tmp_path / "examples"), strict=True):
+        for subject, path in zip(scene.subjects, example.references, strict=True):
+            with PIL.Image.open(path) as image:
+                drawn = np.asarray(image.convert("RGB"))
+            assert np.array_equal(drawn, np.asarray(reference_image(subject.sprite)[0]))
+
+
+def test_only_the_embedded_model_counts_as_the_toy(tiny_model_dir):
+    assert uses_embedded_model(ModelConfig())
+    assert uses_embedded_model(ModelConfig(model=SHIPPED_MODEL))
+    assert not uses_embedded_model(ModelConfig(model=tiny_model_dir))
 
 
 def test_ui_options_default_to_a_local_server_and_the_embedded_model():
@@ -108,9 +167,9 @@ def test_local_refiner_needs_an_mllm(monkeypatch):
 
 def test_run_ui_without_gradio_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
-    with pytest.raises(OSError, match=r"pip install 'bindweave\[ui\]'"):
+    with pytest.raises(OSError, match=r'pip install -e "\.\[ui\]"'):
         run_ui(parse_ui([]))
-    assert "bindweave[ui]" in INSTALL_HINT
+    assert '".[ui]"' in INSTALL_HINT
 
 
 def test_run_ui_loads_the_model_builds_the_page_and_serves_it(tiny_model_dir, tmp_path, monkeypatch):
@@ -128,6 +187,26 @@ def test_run_ui_loads_the_model_builds_the_page_and_serves_it(tiny_model_dir, tm
     )
     assert isinstance(served.pop("app"), gr.Blocks)
     assert served == {"host": "127.0.0.1", "port": 7999, "out_dir": tmp_path, "share": False, "block": True}
+
+
+def test_the_server_announces_itself_with_the_commands_options(app, tmp_path, capsys):
+    """Gradio's own start-up hint ("set share=True in launch()") names an argument the user cannot pass."""
+    _, url = launch_app(app, "127.0.0.1", free_port(), tmp_path, block=False)
+    try:
+        printed = capsys.readouterr().out
+    finally:
+        app.close()
+    assert url.startswith("http://127.0.0.1:")
+    assert (
+        f"Serving the web app on {url} (Ctrl-C stops it; --share also opens a public Gradio link)" in printed
+    )
+    assert "launch()" not in printed and "share=True" not in printed
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def test_run_ui_fails_before_serving_on_a_wrong_model_path(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ aborted and fails the test, so the app works offline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -22,7 +23,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from bindweave.ui.handlers import PipelineLoader
+from bindweave.generate import ModelConfig
+from bindweave.ui.loader import PipelineLoader
 
 gr = pytest.importorskip("gradio", reason="the web app needs the 'ui' extra: pip install 'bindweave[ui]'")
 sync_api = pytest.importorskip(
@@ -109,10 +111,10 @@ def probe(pipe_loader: PipelineLoader) -> ConcurrencyProbe:
     return ConcurrencyProbe(pipe_loader)
 
 
-@pytest.fixture(scope="module")
-def server(probe: ConcurrencyProbe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    out = tmp_path_factory.mktemp("ui-results")
-    app = build_app(probe, out)
+@contextlib.contextmanager
+def serving(loader: Any, out: Path) -> Iterator[str]:
+    """The app of ``loader`` served on a free loopback port; closed at the end or by the watchdog."""
+    app = build_app(loader, out)
     _, url = launch_app(app, "127.0.0.1", free_port(), out, block=False)
     watchdog = threading.Timer(SERVER_LIFETIME_S, app.close)
     watchdog.daemon = True
@@ -126,6 +128,12 @@ def server(probe: ConcurrencyProbe, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
+def server(probe: ConcurrencyProbe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving(probe, tmp_path_factory.mktemp("ui-results")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
@@ -135,8 +143,8 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-@pytest.fixture
-def page(browser: Any, server: str) -> Iterator[Any]:
+@contextlib.contextmanager
+def open_page(browser: Any, url: str) -> Iterator[Any]:
     """A fresh browser session on the app; fails the test if the page reaches outside 127.0.0.1."""
     context = browser.new_context(viewport={"width": 1400, "height": 1800})
     outside: list[str] = []
@@ -151,11 +159,17 @@ def page(browser: Any, server: str) -> Iterator[Any]:
     context.route("**/*", only_loopback)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
-    page.goto(server)
+    page.goto(url)
     page.wait_for_selector("#refs")
     yield page
     context.close()
     assert outside == [], f"the page tried to reach outside the machine: {outside}"
+
+
+@pytest.fixture
+def page(browser: Any, server: str) -> Iterator[Any]:
+    with open_page(browser, server) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +345,17 @@ def test_two_sessions_never_run_the_model_at_once(browser, server, ref_paths, pr
         page.context.close()
     assert probe.runs - runs_before == 2
     assert probe.max_active == 1
+
+
+def test_an_example_fills_the_references_and_the_prompt_for_the_embedded_model(browser, tmp_path):
+    with serving(PipelineLoader(ModelConfig(device="cpu")), tmp_path) as url, open_page(browser, url) as page:
+        assert page.locator("#examples tr.tr-body").count() == 4
+        page.locator("#examples tr.tr-body").nth(2).click()  # the three-subject scene
+        page.wait_for_function("document.querySelectorAll('#preview img').length === 6")  # canvas + mask each
+        assert page.locator("#prompt textarea").input_value().startswith("On a teal background, the first")
+        files = page.locator("#refs").inner_text()
+        assert all(f"subject{k}" in files for k in (1, 2, 3)) and "subject4" not in files
+        # Each reference is letterboxed at the native size, 64x64.
+        page.wait_for_function(
+            "[...document.querySelectorAll('#preview img')].every(i => i.naturalWidth === 64 && i.naturalHeight === 64)"
+        )

@@ -17,28 +17,17 @@ from bindweave.conditioning.references import letterbox
 from bindweave.generate import GenerateConfig, ModelConfig
 from bindweave.io.video import probe_video, read_video
 from bindweave.refine import PromptRefiner
-from bindweave.ui.handlers import (
-    CancelToken,
-    JobRegistry,
+from bindweave.ui.inputs import Size, UIError, check_size, preview_references, resolution_presets
+from bindweave.ui.jobs import CancelToken, JobRegistry, gallery_items, generate_frames, history_entry, run_job
+from bindweave.ui.loader import PipelineLoader, memory_modes, with_memory
+from bindweave.ui.refining import refine
+from bindweave.ui.settings import (
     JobRequest,
-    PipelineLoader,
-    Size,
-    UIError,
-    check_size,
     command_line,
     config_from_json,
     config_json,
-    gallery_items,
-    generate_frames,
-    history_entry,
     job_config,
-    memory_modes,
     parse_request,
-    preview_references,
-    refine,
-    resolution_presets,
-    run_job,
-    with_memory,
 )
 
 # The smallest size the tiny model runs quickly: a multiple of 16 on each side, 4k + 1 frames.
@@ -109,18 +98,23 @@ def test_good_inputs_become_a_typed_request(ref_paths):
 
 
 def test_check_size_accepts_the_paper_and_native_sizes():
-    for size in resolution_presets(Size(64, 96, 17)).values():
-        assert check_size(size.height, size.width, size.num_frames) == size
+    for native in (Size(64, 96, 17), Size(720, 1280, 81)):
+        for size in resolution_presets(native).values():
+            assert check_size(size.height, size.width, size.num_frames) == size
 
 
-def test_presets_are_native_first_then_480p_and_720p():
-    presets = resolution_presets(Size(64, 96, 17))
-    assert list(presets.values()) == [Size(64, 96, 17), Size(480, 832, 81), Size(720, 1280, 81)]
-    assert list(presets) == [
-        "native (64x96, 17 frames)",
-        "480p (480x832, 81 frames)",
-        "720p (720x1280, 81 frames)",
+def test_presets_offer_the_paper_sizes_only_to_a_model_native_to_one():
+    # The released model, native 720p: its size, then the paper's other one.
+    presets = resolution_presets(Size(720, 1280, 81))
+    assert list(presets.items()) == [
+        ("native (720x1280, 81 frames)", Size(720, 1280, 81)),
+        ("480p (480x832, 81 frames)", Size(480, 832, 81)),
     ]
+    # A model native to another size (the tiny test model, the embedded toy) gets its own size only.
+    assert list(resolution_presets(Size(64, 96, 17)).items()) == [
+        ("native (64x96, 17 frames)", Size(64, 96, 17))
+    ]
+    assert list(resolution_presets(Size(64, 64, 17))) == ["native (64x64, 17 frames)"]
 
 
 def test_memory_modes_are_the_cli_choices():

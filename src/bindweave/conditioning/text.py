@@ -5,15 +5,11 @@ from __future__ import annotations
 import torch
 from diffusers.pipelines.wan.pipeline_wan_i2v import prompt_clean
 
+from .prompts import DEFAULT_NEGATIVE_PROMPT
+
 T5_MAX_TOKENS = 512
 
-DEFAULT_NEGATIVE_PROMPT = (
-    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
-    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
-    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, "
-    "messy background, three legs, many people in the background, walking backwards, split screen, divided "
-    "frame, frame split, multiple parts, separated"
-)
+__all__ = ["DEFAULT_NEGATIVE_PROMPT", "T5_MAX_TOKENS", "encode_t5"]
 
 
 @torch.no_grad()

@@ -13,7 +13,8 @@ from bindweave._lazy import lazy_getattr
 if TYPE_CHECKING:
     from bindweave.eval.chat import ChatClient, ChatEndpointError
     from bindweave.eval.motion import motion_amplitude
-    from bindweave.eval.score import EvalScoreConfig, run_score
+    from bindweave.eval.score import run_score
+    from bindweave.eval.score_config import EvalScoreConfig
     from bindweave.eval.scorers.base import MissingModelFileError, Scored, VideoSample
     from bindweave.eval.scores import (
         METRICS,
@@ -28,7 +29,7 @@ _EXPORTS = {
     "ChatClient": "chat",
     "ChatEndpointError": "chat",
     "motion_amplitude": "motion",
-    "EvalScoreConfig": "score",
+    "EvalScoreConfig": "score_config",
     "run_score": "score",
     "MissingModelFileError": "scorers.base",
     "Scored": "scorers.base",

@@ -140,8 +140,7 @@ class BindWeaveTransformer3DModel(WanTransformer3DModel):
                 return_commit_hash=return_commit_hash,
                 **kwargs,
             )
-        logger.info(f"{folder} has no {cls.config_name}; using the released BindWeave 14B config")
-        config = cls.released_config()
+        config = cls.released_config()  # announced once, by from_pretrained
         if not (return_unused_kwargs or return_commit_hash):
             return config
         outputs: tuple = (config,)
@@ -160,6 +159,12 @@ class BindWeaveTransformer3DModel(WanTransformer3DModel):
         key, instead of diffusers' warning and random initialisation.
         """
         folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+        if folder.is_dir() and not (folder / cls.config_name).is_file():
+            given = [k for k in kwargs if k in cls._default_init_kwargs()]
+            logger.info(
+                f"{folder} has no {cls.config_name}: using the released BindWeave 14B config"
+                + (f", {len(given)} of its values replaced by those given" if given else "")
+            )
         shapes = checkpoint_shapes(folder) if folder.is_dir() else None
         if strict and shapes is not None:
             config, unused = cls.load_config(

@@ -4,7 +4,8 @@ One run measures, for a model size with random weights:
 
 - the DiT time per sampling step (both CFG branches, batched or not, as configured), timed over
   ``repeats`` steps after a warm-up step, on conditioning of the release's shapes;
-- its FLOPs (:mod:`bindweave.perf.flops`), achieved TFLOP/s and MFU against ``peak_tflops``;
+- its FLOPs (:mod:`bindweave.perf.flops`), achieved TFLOP/s and MFU against ``peak_tflops`` (given, the
+  GPU's known peak, or measured with a large matmul: :mod:`bindweave.perf.peak`);
 - the same step on stock diffusers ``WanTransformer3DModel`` sharing the same weights, at the same token
   count and context length (the stock cross-attention split, no connector), and the time ratio;
 - the end-to-end pipeline time (encoders, ``steps`` DiT steps, VAE decode) and the peak memory
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -34,70 +35,34 @@ from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from ..conditioning.latents import latent_frame_count
-from ..config import field
 from ..denoiser import Conditioning, guided_velocity
-from ..generate import Dtype, resolve_device, resolve_dtype
+from ..generate import resolve_device, resolve_dtype
 from ..models import BindWeaveTransformer3DModel
 from ..pipeline import BindWeavePipeline
 from ..testing import build_tiny_release, tiny_transformer_kwargs
-from .config import PerfConfig, apply_perf_config
+from .bench_config import DEFAULT_VIDEO, BenchConfig, BenchSize
+from .config import apply_perf_config
 from .cross_attention import context_kv_cache, install_fast_cross_attention
 from .flops import DiTWorkload, dit_forward_flops
 from .memory import enable_fp8_weights
 from .parallel import sequence_length
+from .peak import KNOWN_PEAK_TFLOPS, resolve_peak_tflops
 from .speed import compile_blocks, set_attention_backend
 
-__all__ = ["BenchConfig", "BenchResult", "run_bench"]
+__all__ = [
+    "DEFAULT_VIDEO",
+    "KNOWN_PEAK_TFLOPS",
+    "BenchConfig",
+    "BenchResult",
+    "BenchSize",
+    "resolve_peak_tflops",
+    "run_bench",
+]
 
-BenchSize = Literal["tiny", "medium", "14b"]
-
-# Video size per model size: (height, width, num_frames).
-DEFAULT_VIDEO = {"tiny": (32, 48, 5), "medium": (96, 160, 9), "14b": (720, 1280, 81)}
 MEDIUM_DIT = dict(
     num_attention_heads=8, attention_head_dim=128, ffn_dim=4096, num_layers=4, added_kv_proj_dim=1024
 )
 NEGATIVE_EXTRA_TOKENS = 6  # the release's negative MLLM prompt has the motion suffix appended: 526 vs 532
-
-# Dense bf16/fp16 tensor-core peaks, TFLOP/s, by a substring of the CUDA device name (most specific first).
-KNOWN_PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),
-    ("H200", 989.4),
-    ("H20", 148.0),
-    ("A100", 312.0),
-    ("L40S", 362.1),
-    ("L4", 121.0),
-    ("RTX 4090", 165.2),
-)
-
-
-@dataclass(kw_only=True)
-class BenchConfig(PerfConfig):
-    """Benchmark the DiT and the pipeline for one model size (random weights)."""
-
-    size: BenchSize = field("tiny", help="model size: tiny, medium (CPU or GPU) or 14b (GPU only, DiT only)")
-    height: int | None = field(None, help="video height (default: tiny 32, medium 96, 14b 720)")
-    width: int | None = field(None, help="video width (default: tiny 48, medium 160, 14b 1280)")
-    num_frames: int | None = field(None, help="video frames, 4k+1 (default: tiny 5, medium 9, 14b 81)")
-    mllm_tokens: int = field(526, help="MLLM tokens of the prompt; the negative prompt has 6 more")
-    steps: int = field(4, help="sampling steps of the end-to-end run")
-    repeats: int = field(3, help="timed DiT steps, after one warm-up step")
-    guidance: float = field(5.0, help="CFG scale (1 times a single branch)")
-    peak_tflops: float | None = field(
-        None,
-        help="device peak for MFU in TFLOP/s (default: the GPU's dense bf16 peak when known; CPU: required)",
-    )
-    device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
-    dtype: Dtype = field("auto", help="weights dtype; auto = bfloat16 on CUDA, float32 on CPU")
-    compare_stock: bool = field(
-        True, help="also time stock diffusers WanTransformer3DModel on the same weights"
-    )
-    seed: int = field(0, help="seed of the random weights and inputs")
-
-    def video(self) -> tuple[int, int, int]:
-        height, width, frames = DEFAULT_VIDEO[self.size]
-        return self.height or height, self.width or width, self.num_frames or frames
 
 
 @dataclass(frozen=True)
@@ -115,6 +80,7 @@ class BenchResult:
     dit_step_tflop: float
     achieved_tflops: float
     peak_tflops: float
+    peak_tflops_source: str  # given, a known GPU peak, or measured with a matmul
     mfu: float
     stock_step_seconds: float | None
     stock_achieved_tflops: float | None
@@ -140,7 +106,6 @@ def run_bench(config: BenchConfig) -> BenchResult:
     config.validate_perf()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    peak = resolve_peak_tflops(config.peak_tflops, device, dtype)
     height, width, num_frames = config.video()
     if config.size == "14b" and device.type != "cuda":
         raise ValueError("the 14b bench materialises 14B random weights: it needs a CUDA device")
@@ -150,6 +115,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         raise ValueError(
             "bench times one process; benchmark context parallelism with generate under torchrun"
         )
+    peak = resolve_peak_tflops(config.peak_tflops, device, dtype)
     torch.manual_seed(config.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -181,8 +147,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
         dit_step_seconds=step_seconds,
         dit_step_tflop=flops / 1e12,
         achieved_tflops=achieved,
-        peak_tflops=peak,
-        mfu=achieved / peak,
+        peak_tflops=peak.tflops,
+        peak_tflops_source=peak.source,
+        mfu=achieved / peak.tflops,
         stock_step_seconds=stock_seconds,
         stock_achieved_tflops=stock_tflops,
         bindweave_over_stock=None if stock_seconds is None else step_seconds / stock_seconds,
@@ -194,21 +161,6 @@ def run_bench(config: BenchConfig) -> BenchResult:
     print(f"bindweave bench ({platform.node()}, torch {torch.__version__})")
     print(result.report())
     return result
-
-
-def resolve_peak_tflops(given: float | None, device: torch.device, dtype: torch.dtype) -> float:
-    """The MFU denominator: ``given``, else the known dense bf16/fp16 peak of this GPU."""
-    if given is not None:
-        if given <= 0:
-            raise ValueError(f"--peak-tflops must be positive, got {given}")
-        return given
-    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
-        name = torch.cuda.get_device_name(device)
-        for pattern, peak in KNOWN_PEAK_TFLOPS:
-            if pattern in name:
-                return peak
-        raise ValueError(f"no known peak for {name}: pass --peak-tflops")
-    raise ValueError(f"no known peak TFLOP/s for {device.type} in {dtype}: pass --peak-tflops")
 
 
 # ---------------------------------------------------------------------------------------------- building

@@ -28,7 +28,7 @@ import torch
 from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
-from .config import StepCacheKind
+from .kinds import StepCacheKind
 
 __all__ = [
     "StepCacheKind",

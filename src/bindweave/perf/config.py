@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from ..config import field
+from .kinds import (
+    RING_ATTENTION_BACKENDS,
+    AttentionBackend,
+    ContextParallelKind,
+    MemoryMode,
+    Precision,
+    StepCacheKind,
+)
 
 if TYPE_CHECKING:  # the CLI builds its parsers from this module: keep diffusers out of its imports
     import torch
@@ -27,27 +35,6 @@ __all__ = [
     "Precision",
     "StepCacheKind",
     "apply_perf_config",
-]
-
-MemoryMode = Literal["none", "model-offload", "group-offload", "sequential"]
-Precision = Literal["float32", "released"]
-StepCacheKind = Literal["none", "first-block", "mag", "taylorseer"]
-ContextParallelKind = Literal["none", "ulysses", "ring"]
-# Ring attention merges partial softmaxes with their log-sum-exp, which these backends return
-# (PyTorch's default SDPA path, "native", does not).
-RING_ATTENTION_BACKENDS = ("_native_cudnn", "_native_flash", "flash", "sage")
-# The diffusers attention backends that make sense here (hub variants download kernels at first use).
-AttentionBackend = Literal[
-    "native",
-    "flash",
-    "_flash_3",
-    "sage",
-    "flex",
-    "xformers",
-    "_native_cudnn",
-    "_native_flash",
-    "_native_efficient",
-    "_native_math",
 ]
 
 

@@ -28,7 +28,7 @@ import torch
 from diffusers import DiffusionPipeline, ModelMixin
 from diffusers.hooks import apply_group_offloading
 
-from .config import MemoryMode
+from .kinds import MemoryMode
 
 __all__ = ["MemoryMode", "apply_memory_mode", "enable_fp8_weights"]
 

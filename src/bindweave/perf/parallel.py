@@ -27,7 +27,7 @@ import torch.distributed as dist
 from diffusers import ContextParallelConfig
 
 from ..models import BindWeaveTransformer3DModel
-from .config import ContextParallelKind
+from .kinds import ContextParallelKind
 
 __all__ = [
     "ContextParallelKind",

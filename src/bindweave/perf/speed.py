@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import AttentionBackend
+from .kinds import AttentionBackend
 
 __all__ = ["AttentionBackend", "attention_backends", "compile_blocks", "set_attention_backend"]
 

@@ -16,37 +16,22 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from tqdm.auto import tqdm
 
-from bindweave.config import field
 from bindweave.io.files import atomic_write, atomic_write_text
 from bindweave.io.video import write_video
 
+from .config import ToyDataConfig
 from .sprites import reference_image
-from .world import Scene, render_clip, sample_scene, scene_rng
+from .world import Scene, render_clip, toy_scene
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ToyDataConfig", "read_scenes", "run_toy_data", "toy_scene", "write_toy_dataset"]
 
 FPS = 16
-
-
-@dataclass
-class ToyDataConfig:
-    out: Path = field(help="output folder (manifest.jsonl, scenes.jsonl, clips/, references/)")
-    num_clips: int = field(1200, help="number of samples")
-    split: Literal["train", "heldout"] = field("train", help="which independent sample stream to draw")
-    seed: int = field(0, help="world seed")
-
-
-def toy_scene(seed: int, split: str, index: int) -> Scene:
-    """Sample ``index`` of ``split``: the same scene every time."""
-    return sample_scene(scene_rng(seed, split, index))
 
 
 def _save_png(image, path: Path) -> None:

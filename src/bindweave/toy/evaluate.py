@@ -20,18 +20,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bindweave.config import field, to_dict
+from bindweave.config import to_dict
 from bindweave.io.files import atomic_write_json, atomic_write_text
 from bindweave.io.video import write_video
 
 from .ablation import ABLATIONS, AblatedBindWeavePipeline
+from .config import VARIANTS, ToyEvalConfig
 from .dataset import toy_scene
 from .metrics import METRICS, ClipScores, mean_scores, score_clip
 from .sprites import reference_image
@@ -41,32 +40,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["VARIANTS", "ToyEvalConfig", "format_table", "run_toy_eval", "toy_eval"]
 
-VARIANTS = ("trained", "no-mllm", "no-vae-refs", "no-clip", "random-init", "ground-truth")
 _SETTINGS = ("model", "num_samples", "steps", "guidance_scale", "world_seed", "init_seed")
-
-
-@dataclass
-class ToyEvalConfig:
-    model: Path = field(help="toy pipeline folder, e.g. runs/toy/model from `make toy-model`")
-    variants: list[str] = field(
-        default_factory=lambda: list(VARIANTS), help=f"variants to run, from {', '.join(VARIANTS)}"
-    )
-    num_samples: int = field(32, help="held-out samples per variant")
-    steps: int = field(25, help="sampling steps")
-    guidance_scale: float | None = field(
-        None, help="classifier-free guidance scale (default: the model's; 1.0 for the toy model)"
-    )
-    world_seed: int = field(0, help="world seed of the held-out split")
-    init_seed: int = field(0, help="seed of the random-init variant's DiT")
-    out: Path = field(Path("outputs/toy-eval"), help="folder for the scores, table.md and results.json")
-    save_videos: bool = field(False, help="also write each generated clip as <out>/videos/<variant>/<i>.mp4")
-
-    def validate(self) -> None:
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown:
-            raise ValueError(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
-        if self.num_samples < 1 or self.steps < 1:
-            raise ValueError(f"--num-samples and --steps must be >= 1, got {self.num_samples}, {self.steps}")
 
 
 def _variant_pipeline(pipe, variant: str, init_seed: int) -> AblatedBindWeavePipeline:

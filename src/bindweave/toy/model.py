@@ -30,6 +30,7 @@ from .world import FRAME_SIZE, NUM_FRAMES, sample_scene, scene_rng
 
 __all__ = [
     "TOY_GUIDANCE",
+    "TOY_STEPS",
     "TOY_SIZE",
     "build_toy_pipeline",
     "toy_corpus",
@@ -41,6 +42,7 @@ TOY_SIZE = {"height": FRAME_SIZE, "width": FRAME_SIZE, "num_frames": NUM_FRAMES}
 # Trained without condition dropout, the toy DiT has never seen the negative prompt: guiding away from it
 # lowers every score but direction accuracy (README, "The toy world"), so the toy samples unguided.
 TOY_GUIDANCE = 1.0
+TOY_STEPS = 20  # the step count the demo has always used with it
 _CORPUS_SCENES = 400  # toy prompts added to the tokenizers' training text
 
 
@@ -101,4 +103,6 @@ def build_toy_pipeline(vae: AutoencoderKLWan, *, seed: int = 0):
         transformer = BindWeaveTransformer3DModel(**toy_transformer_kwargs())
     components = {**stock.components, "vae": vae.eval(), "transformer": transformer}
     defaults = {f"default_{k}": v for k, v in TOY_SIZE.items()}
-    return BindWeavePipeline(**components, **defaults, default_guidance_scale=TOY_GUIDANCE)
+    return BindWeavePipeline(
+        **components, **defaults, default_guidance_scale=TOY_GUIDANCE, default_num_inference_steps=TOY_STEPS
+    )

@@ -30,9 +30,10 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanResidualBlock
 from tqdm.auto import tqdm
 
 from bindweave.conditioning.references import letterbox
-from bindweave.config import field, to_dict
+from bindweave.config import to_dict
 from bindweave.io.files import atomic_folder, atomic_write_json
 
+from .config import ToyBaseConfig
 from .model import build_toy_pipeline, toy_vae
 from .sprites import reference_image
 from .world import FRAME_SIZE, NUM_FRAMES, render_clip, sample_scene, scene_rng
@@ -54,18 +55,6 @@ _WINDOW = 9  # frames per VAE training clip: 1 + two chunks of 4
 _KL_WEIGHT = 1e-6
 _STATS_CLIPS = 64
 _RECORD = "toy_base.json"  # the settings a base folder was made with
-
-
-@dataclass
-class ToyBaseConfig:
-    out: Path = field(help="folder of the base pipeline (trained VAE, untrained DiT) to write")
-    steps: int = field(1200, help="VAE steps on 9-frame windows")
-    clip_steps: int = field(600, help="then VAE steps on whole 17-frame clips, at lr / 4 and half the batch")
-    batch_size: int = field(8, help="clips per VAE step on windows")
-    crop: int = field(32, help="side of the random square crops the VAE trains on (<= 64, a multiple of 4)")
-    lr: float = field(2e-3, help="peak AdamW learning rate (cosine decay to 0)")
-    seed: int = field(0, help="seeds the clips drawn, the VAE and the untrained components")
-    threads: int | None = field(None, help="torch CPU threads (default: torch's choice)")
 
 
 def _vae_input(frames: np.ndarray) -> torch.Tensor:

@@ -31,6 +31,7 @@ __all__ = [
     "render_clip",
     "sample_scene",
     "scene_prompt",
+    "toy_scene",
     "trajectory",
 ]
 
@@ -213,3 +214,8 @@ def _paste(frame: np.ndarray, rgb: np.ndarray, mask: np.ndarray, y: int, x: int)
         return
     m = mask[y0 - y : y1 - y, x0 - x : x1 - x]
     frame[y0:y1, x0:x1][m] = rgb[y0 - y : y1 - y, x0 - x : x1 - x][m]
+
+
+def toy_scene(seed: int, split: str, index: int) -> Scene:
+    """Sample ``index`` of ``split``: the same scene every time."""
+    return sample_scene(scene_rng(seed, split, index))

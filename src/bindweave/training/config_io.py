@@ -15,8 +15,6 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
-
 T = TypeVar("T")
 
 __all__ = ["ConfigError", "config_to_dict", "from_mapping", "read_mapping"]
@@ -28,6 +26,8 @@ class ConfigError(ValueError):
 
 def read_mapping(path: Path) -> dict[str, Any]:
     """The top-level mapping of a YAML (``.yaml``/``.yml``) or JSON file."""
+    import yaml  # the 'train' extra: imported when a config is read, not when the CLI lists its options
+
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     text = path.read_text(encoding="utf-8")

@@ -1,7 +1,9 @@
 """``bindweave ui``: a Gradio web app for subject-to-video generation (optional extra ``bindweave[ui]``).
 
-:mod:`.handlers` holds the logic (no Gradio), :mod:`.app` the page layout and :mod:`.launch` the
-launcher config and entry point. Importing this package does not import Gradio.
+The logic needs no Gradio: :mod:`.inputs` checks and previews the page's inputs, :mod:`.settings` turns
+them into a ``bindweave generate`` config, :mod:`.jobs` runs it, :mod:`.loader` holds the model and
+:mod:`.refining` the prompt refiner. :mod:`.app` is the page layout and :mod:`.launch` the launcher
+config and entry point. Importing this package does not import Gradio.
 """
 
 from .launch import UIConfig, run_ui

@@ -1,4 +1,4 @@
-"""The Gradio layout of ``bindweave ui``: components and events only; the logic is in :mod:`.handlers`.
+"""The Gradio layout of ``bindweave ui``: components and events only; the logic is in the sibling modules.
 
 Generation and prompt refinement share one queue slot (``concurrency_id="model"``, limit 1): the model is
 loaded once, and two users never run it at the same time. Previews, presets and cancelling do not wait
@@ -18,23 +18,20 @@ from ..conditioning.references import MAX_REFERENCES
 from ..conditioning.text import DEFAULT_NEGATIVE_PROMPT
 from ..default_model import demo_prompt
 from ..generate import resolve_device
-from .handlers import (
+from .examples import toy_examples, uses_embedded_model
+from .inputs import (
     CUSTOM,
-    JobRegistry,
-    JobResult,
-    PipelineLoader,
+    PAPER_RESOLUTIONS,
     UIError,
-    gallery_items,
-    history_entry,
-    memory_modes,
     native_size,
-    parse_request,
+    paper_sizes_fit,
     preview_references,
-    refine,
     resolution_presets,
-    run_job,
 )
-from .launch import RefinerFactory
+from .jobs import JobRegistry, JobResult, gallery_items, history_entry, run_job
+from .loader import PipelineLoader, memory_modes
+from .refining import RefinerFactory, refine
+from .settings import parse_request
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +42,6 @@ THEME = gr.themes.Default(
 # Small canvases and masks are shown enlarged: keep their pixels sharp, so the mask border is exact.
 CSS = "#preview img, #strip img { image-rendering: pixelated; }"
 MODEL_QUEUE = "model"
-PAPER_STEPS = 50
 
 
 def _user_error(err: BaseException) -> gr.Error:
@@ -79,6 +75,7 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
     pipe = pipe_loader()
     native = native_size(pipe)
     model_guidance = pipe.config.default_guidance_scale  # 5.0 for the released model, 1.0 for the toy
+    model_steps = pipe.config.default_num_inference_steps  # 50 for the released model, 20 for the toy
     presets = resolution_presets(native)
     modes = memory_modes()
     on_gpu = resolve_device(pipe_loader.config.device).type == "cuda"
@@ -210,12 +207,18 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
                 )
                 prompt = gr.Textbox(label="Prompt", value=demo_prompt(), lines=3, elem_id="prompt")
                 refine_button = gr.Button("Refine prompt", visible=refiner is not None, elem_id="refine")
+                if uses_embedded_model(pipe_loader.config):
+                    _toy_examples(refs, prompt, out_dir / "examples")
                 negative_prompt = gr.Textbox(
                     label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=2, elem_id="negative"
                 )
                 with gr.Accordion("Settings", open=True):
                     preset = gr.Radio(
-                        [*presets, CUSTOM], value=next(iter(presets)), label="Resolution", elem_id="preset"
+                        [*presets, CUSTOM],
+                        value=next(iter(presets)),
+                        label="Resolution",
+                        info=None if paper_sizes_fit(native) else _no_paper_sizes(native),
+                        elem_id="preset",
                     )
                     with gr.Row():
                         height = gr.Number(
@@ -226,7 +229,7 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
                             native.num_frames, label="Frames (4k+1)", precision=0, step=4, elem_id="frames"
                         )
                     with gr.Row():
-                        steps = gr.Number(PAPER_STEPS, label="Steps", precision=0, minimum=1, elem_id="steps")
+                        steps = gr.Number(model_steps, label="Steps", precision=0, minimum=1, elem_id="steps")
                         guidance = gr.Number(
                             model_guidance, label="Guidance", minimum=1, step=0.5, elem_id="guidance"
                         )
@@ -325,6 +328,26 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
             concurrency_id=MODEL_QUEUE,
         )
     return app
+
+
+def _toy_examples(refs: gr.File, prompt: gr.Textbox, folder: Path) -> gr.Examples:
+    """Toy-world scenes for the embedded model: clicking one fills the references and the prompt."""
+    examples = [[[str(p) for p in ex.references], ex.prompt] for ex in toy_examples(folder)]
+    return gr.Examples(
+        examples,
+        inputs=[refs, prompt],
+        label="Examples from the toy world: the embedded model knows only sprites on plain backgrounds, "
+        "not photos",
+        elem_id="examples",
+    )
+
+
+def _no_paper_sizes(native) -> str:
+    paper = " and ".join(f"{name} ({h}x{w})" for name, (h, w) in PAPER_RESOLUTIONS.items())
+    return (
+        f"This model was trained at {native.height}x{native.width} only; the paper's {paper} are for the "
+        "released model (a custom size can still be typed in)."
+    )
 
 
 def _show(result: JobResult) -> tuple[Any, ...]:

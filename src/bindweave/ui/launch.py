@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import field
 from ..default_model import default_model_notice
-from ..generate import ModelConfig
-from ..refine import PromptRefiner, RefineOptions
-from .handlers import PipelineLoader, UIError, model_config_of
+from ..extras import install_hint
+from ..generate_config import ModelConfig
+from ..refine import RefineOptions
 
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD = "50mb"  # reference images; a bigger upload is refused by Gradio before it reaches the app
-INSTALL_HINT = "the web app needs the optional extra: pip install 'bindweave[ui]' (Gradio 5 or newer)"
+INSTALL_HINT = f"the web app needs Gradio 5 or newer, of the 'ui' extra: {install_hint('ui')}"
 
 
 @dataclass(kw_only=True)
@@ -33,28 +32,6 @@ class UIConfig(ModelConfig, RefineOptions):
     port: int = field(7860, help="port to listen on")
     share: bool = field(False, help="also open a public Gradio share link (off: the app stays local)")
     out: Path = field(Path("outputs/ui"), help="folder for the results (one subfolder per run)")
-
-
-RefinerFactory = Callable[[], PromptRefiner]
-
-
-def make_refiner(config: UIConfig, pipe_loader: PipelineLoader) -> RefinerFactory | None:
-    """A factory of the configured prompt refiner, or None (the page then hides the button).
-
-    A factory, not a refiner: the local backend borrows the loaded pipeline's MLLM, which is only known
-    once the pipeline is loaded in the chosen memory mode.
-    """
-    if config.refine == "none":
-        return None
-    config.check_refine()
-
-    def factory() -> PromptRefiner:
-        try:
-            return config.make_refiner(pipe_loader())
-        except ValueError as err:  # shown in the page
-            raise UIError(str(err)) from err
-
-    return factory
 
 
 def _require_gradio() -> Any:
@@ -84,19 +61,31 @@ def launch_app(
         allowed_paths=[str(out_dir)],
         max_file_size=MAX_UPLOAD,
         show_error=True,  # an unexpected error shows its message in the page instead of a bare "Error"
-        prevent_thread_lock=not block,
-        quiet=not block,
+        prevent_thread_lock=True,
+        # Gradio's start-up lines name its launch() arguments ("set share=True in launch()"): ours name
+        # the command's options. A share link is still printed by Gradio.
+        quiet=True,
         theme=THEME,
         css=CSS,
         ssr_mode=False,
     )
+    print(startup_message(local_url, share))
+    if block:
+        app.block_thread()  # until Ctrl-C
     return fastapi_app, local_url
+
+
+def startup_message(local_url: str, share: bool) -> str:
+    public = "" if share else "; --share also opens a public Gradio link"
+    return f"Serving the web app on {local_url} (Ctrl-C stops it{public})"
 
 
 def run_ui(config: UIConfig) -> None:
     """Load the model, build the page and serve it until Ctrl-C."""
     _require_gradio()
     from .app import build_app
+    from .loader import PipelineLoader, model_config_of
+    from .refining import make_refiner
 
     if not _is_loopback(config.host):
         logger.warning("listening on %s: anyone who can reach this machine can use the app", config.host)

@@ -1,0 +1,145 @@
+"""The typed configs of the generation jobs: which weights, how to sample, and each job's inputs.
+
+They are the ``generate``, ``run-manifest`` and ``extract-mllm`` command-line options (see
+:mod:`bindweave.cli`). This module imports no torch, diffusers or transformers, so the CLI builds its
+parsers cheaply; the jobs themselves are in :mod:`bindweave.generate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .conditioning.prompts import DEFAULT_NEGATIVE_PROMPT
+from .config import field
+from .perf.config import PerfConfig
+from .refine import RefineOptions
+
+__all__ = [
+    "Dtype",
+    "ExtractMLLMConfig",
+    "GenerateConfig",
+    "ModelConfig",
+    "RunManifestConfig",
+    "SamplingConfig",
+    "WeightsConfig",
+]
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+@dataclass(kw_only=True)
+class WeightsConfig:
+    """Which weights to load and where to run them."""
+
+    model: Path | None = field(
+        None, help="a saved BindWeavePipeline folder (default: the embedded default model)"
+    )
+    wan: Path | None = field(
+        None, help="released Wan2.1-I2V-14B-720P-Diffusers folder (use with --transformer)"
+    )
+    transformer: Path | None = field(None, help="released BindWeave transformer folder (use with --wan)")
+    mllm: Path | None = field(
+        None, help="Qwen2.5-VL-7B-Instruct folder (not needed with precomputed MLLM states)"
+    )
+    dtype: Dtype = field("auto", help="weights dtype; auto = bfloat16 on CUDA, float32 on CPU")
+    device: str | None = field(None, help="torch device (default: cuda if available, else cpu)")
+
+    @property
+    def uses_default_model(self) -> bool:
+        """Neither ``--model`` nor ``--wan`` given: the embedded default model is loaded."""
+        return self.model is None and self.wan is None
+
+    def check_folders(self) -> None:
+        """Every named weights folder exists, checked before anything is loaded."""
+        if (self.wan is None) != (self.transformer is None):
+            raise ValueError(
+                "--wan and --transformer go together (the released Wan I2V and BindWeave folders)"
+            )
+        if self.wan is not None and self.model is not None:
+            raise ValueError("give either --model or --wan/--transformer, not both")
+        for name in ("model", "wan", "transformer", "mllm"):
+            folder = getattr(self, name)
+            if folder is not None and not Path(folder).is_dir():
+                raise FileNotFoundError(f"--{name} {folder}: no such folder")
+
+
+@dataclass(kw_only=True)
+class ModelConfig(WeightsConfig, PerfConfig):
+    """Which weights to load, where to run them, and how fast and lean (:class:`PerfConfig`)."""
+
+
+@dataclass(kw_only=True)
+class SamplingConfig:
+    """The sampler settings. Size, steps and guidance default to the model's own, saved in its
+    ``model_index.json``: the paper's for the released model, the toy world's for the embedded one."""
+
+    height: int | None = field(
+        None,
+        help="video height, a multiple of 16 (default: the model's native size: 64x64 for the embedded "
+        "model, 720x1280 for the released one)",
+    )
+    width: int | None = field(
+        None, help="video width, a multiple of 16 (default: the model's native size, as for --height)"
+    )
+    num_frames: int | None = field(
+        None, help="frames, 4k+1 (default: the model's: 17 for the embedded model, 81 for the released one)"
+    )
+    steps: int | None = field(
+        None,
+        help="UniPC sampling steps (default: the model's: 20 for the embedded model, the paper's 50 for the "
+        "released one)",
+    )
+    guidance: float | None = field(
+        None,
+        help="classifier-free guidance scale, 1 disables the negative branch (default: the model's: 1.0 for "
+        "the embedded model, trained without a negative branch; the paper's 5.0 for the released one)",
+    )
+    seed: int = field(42, help="seed of the initial noise")
+    negative_prompt: str = field(DEFAULT_NEGATIVE_PROMPT, help="negative prompt")
+    fps: int = field(16, help="frame rate of the written mp4")
+
+    def validate(self) -> None:
+        """The size rules that need no model, checked before any weights are loaded."""
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % 16):
+                raise ValueError(f"--{name} must be a positive multiple of 16, got {value}")
+        if self.num_frames is not None and (self.num_frames < 1 or (self.num_frames - 1) % 4):
+            raise ValueError(f"--num-frames must be 4k + 1 (e.g. 81), got {self.num_frames}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.guidance is not None and self.guidance < 1:
+            raise ValueError(f"--guidance must be >= 1, got {self.guidance}")
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(ModelConfig, SamplingConfig, RefineOptions):
+    refs: list[Path] = field(help="1-4 reference images, in order")
+    prompt: str = field(help="what the subjects do")
+    out: Path = field(help="output .mp4 path")
+    mllm_states: Path | None = field(
+        None, help="precomputed MLLM states (.pt, released format) for the prompt"
+    )
+    negative_mllm_states: Path | None = field(None, help="precomputed MLLM states for the negative prompt")
+
+
+@dataclass(kw_only=True)
+class RunManifestConfig(ModelConfig, SamplingConfig):
+    manifest: Path = field(help="test_case.json-format manifest: id -> {img_paths, prompt, ...}")
+    images_dir: Path = field(help="folder the manifest's img_paths are relative to")
+    out: Path = field(help="output folder; each entry is written to <id>.mp4")
+
+
+@dataclass(kw_only=True)
+class ExtractMLLMConfig(WeightsConfig):
+    manifest: Path = field(help="test_case.json-format manifest")
+    images_dir: Path = field(help="folder the manifest's img_paths are relative to")
+    out: Path = field(help="output folder for <id>_hidden_states.pt / <id>_hidden_states_negative.pt")
+    out_manifest: Path | None = field(
+        None, help="manifest copy with hidden_states paths (default: <out>/<name>)"
+    )
+    negative_prompt: str = field(
+        DEFAULT_NEGATIVE_PROMPT, help="negative prompt (the MLLM suffix is appended)"
+    )

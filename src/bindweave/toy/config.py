@@ -1,0 +1,60 @@
+"""The options of the toy commands ``toy data``, ``toy base`` and ``toy-eval``.
+
+No torch here: the CLI builds its parsers from these configs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from bindweave.config import field
+
+__all__ = ["VARIANTS", "ToyBaseConfig", "ToyDataConfig", "ToyEvalConfig"]
+
+VARIANTS = ("trained", "no-mllm", "no-vae-refs", "no-clip", "random-init", "ground-truth")
+
+
+@dataclass
+class ToyDataConfig:
+    out: Path = field(help="output folder (manifest.jsonl, scenes.jsonl, clips/, references/)")
+    num_clips: int = field(1200, help="number of samples")
+    split: Literal["train", "heldout"] = field("train", help="which independent sample stream to draw")
+    seed: int = field(0, help="world seed")
+
+
+@dataclass
+class ToyBaseConfig:
+    out: Path = field(help="folder of the base pipeline (trained VAE, untrained DiT) to write")
+    steps: int = field(1200, help="VAE steps on 9-frame windows")
+    clip_steps: int = field(600, help="then VAE steps on whole 17-frame clips, at lr / 4 and half the batch")
+    batch_size: int = field(8, help="clips per VAE step on windows")
+    crop: int = field(32, help="side of the random square crops the VAE trains on (<= 64, a multiple of 4)")
+    lr: float = field(2e-3, help="peak AdamW learning rate (cosine decay to 0)")
+    seed: int = field(0, help="seeds the clips drawn, the VAE and the untrained components")
+    threads: int | None = field(None, help="torch CPU threads (default: torch's choice)")
+
+
+@dataclass
+class ToyEvalConfig:
+    model: Path = field(help="toy pipeline folder, e.g. runs/toy/model from `make toy-model`")
+    variants: list[str] = field(
+        default_factory=lambda: list(VARIANTS), help=f"variants to run, from {', '.join(VARIANTS)}"
+    )
+    num_samples: int = field(32, help="held-out samples per variant")
+    steps: int = field(25, help="sampling steps")
+    guidance_scale: float | None = field(
+        None, help="classifier-free guidance scale (default: the model's; 1.0 for the toy model)"
+    )
+    world_seed: int = field(0, help="world seed of the held-out split")
+    init_seed: int = field(0, help="seed of the random-init variant's DiT")
+    out: Path = field(Path("outputs/toy-eval"), help="folder for the scores, table.md and results.json")
+    save_videos: bool = field(False, help="also write each generated clip as <out>/videos/<variant>/<i>.mp4")
+
+    def validate(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+        if self.num_samples < 1 or self.steps < 1:
+            raise ValueError(f"--num-samples and --steps must be >= 1, got {self.num_samples}, {self.steps}")
