@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 import torch
 
-from bindweave import cli, generate
+from bindweave import cli, extract, generate
 from bindweave.io.manifest import load_manifest
 from bindweave.io.video import probe_video, read_video
 from bindweave.testing import build_tiny_random_pipeline
@@ -152,7 +152,7 @@ def test_extract_mllm_writes_released_format_and_a_manifest_copy(extracted, fixt
 
 def test_extract_mllm_resumes_without_recomputing(extracted, fixtures_dir, model_dir, monkeypatch):
     calls = []
-    monkeypatch.setattr(generate, "encode_mllm", lambda *a, **k: calls.append(a) or None)
+    monkeypatch.setattr(extract, "encode_mllm", lambda *a, **k: calls.append(a) or None)
     args = ["extract-mllm", "--model", str(model_dir), "--manifest", str(fixtures_dir / "test_case.json"),
             "--images-dir", str(fixtures_dir), "--out", str(extracted)]  # fmt: skip
     assert cli.main(args) == 0 and calls == []

@@ -12,14 +12,8 @@ from pathlib import Path
 from . import config as cfg
 from .demo import DemoConfig, run_demo
 from .eval.score import EvalScoreConfig, run_score
-from .generate import (
-    ExtractMLLMConfig,
-    GenerateConfig,
-    RunManifestConfig,
-    run_extract_mllm,
-    run_generate,
-    run_manifest,
-)
+from .extract import ExtractMLLMConfig, run_extract_mllm
+from .generate import GenerateConfig, RunManifestConfig, run_generate, run_manifest
 from .perf.bench import BenchConfig, run_bench
 from .refine import RefineConfig, run_refine
 from .toy.dataset import ToyDataConfig, run_toy_data

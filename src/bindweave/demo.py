@@ -11,7 +11,7 @@ import torch
 
 from .config import field
 from .default_model import default_model_notice, demo_prompt, demo_references
-from .generate import ModelConfig, load_pipeline
+from .generate import ModelConfig, check_seed, load_pipeline
 from .io.files import ensure_writable_dir
 from .io.strip import write_strip
 from .io.video import write_video
@@ -26,8 +26,18 @@ class DemoConfig(ModelConfig):
     steps: int = field(20, help="sampling steps")
     seed: int = field(0, help="seed")
 
+    def validate(self) -> None:
+        """Every rule that needs no model, checked before it is loaded."""
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        check_seed(self.seed)
+        if not self.prompt.strip():
+            raise ValueError("--prompt is empty: say what the subjects do")
+        self.validate_model()
+
 
 def run_demo(config: DemoConfig) -> tuple[Path, Path]:
+    config.validate()
     video_path, strip_path = config.out / "demo.mp4", config.out / "demo.png"
     ensure_writable_dir(video_path)
     if config.uses_default_model:

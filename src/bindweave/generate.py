@@ -1,4 +1,4 @@
-"""Generation jobs: one video, a whole manifest, and MLLM-state extraction for a manifest.
+"""Generation jobs: one video, and a whole manifest (MLLM-state extraction is :mod:`bindweave.extract`).
 
 Each job is a typed config (the CLI is derived from it, see :mod:`bindweave.cli`) and a ``run_*``
 function. Inputs are validated before any model is loaded, outputs are written atomically, and manifest
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -19,21 +20,23 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from .conditioning.mllm import MLLM_NEGATIVE_SUFFIX, encode_mllm, load_mllm_processor
+from .conditioning.mllm import load_mllm_processor
 from .conditioning.references import load_references
 from .conditioning.text import DEFAULT_NEGATIVE_PROMPT
 from .config import field, to_dict
-from .io.files import atomic_torch_save, atomic_write_json, ensure_writable_dir
-from .io.manifest import (
-    ManifestEntry,
-    load_manifest,
-    resolve_hidden_states,
-    resolve_images,
-    save_manifest,
-    with_fields,
-)
+from .io.files import atomic_write_json, ensure_writable_dir
+from .io.manifest import load_manifest, resolve_images
 from .io.video import write_video
 from .perf.config import PerfConfig, apply_perf_config
+from .preflight import (
+    SavedModel,
+    check_generate_inputs,
+    check_images_dir,
+    check_manifest_references,
+    manifest_states,
+    resolve_device,
+    saved_model,
+)
 from .refine import RefineOptions, refine_prompt
 
 logger = logging.getLogger(__name__)
@@ -76,10 +79,24 @@ class WeightsConfig:
             if folder is not None and not Path(folder).is_dir():
                 raise FileNotFoundError(f"--{name} {folder}: no such folder")
 
+    def validate_weights(self) -> None:
+        """The folders exist and ``--device`` names a device this machine has."""
+        self.check_folders()
+        resolve_device(self.device)
+
+    def saved_model(self) -> SavedModel:
+        """What the weights' config files say (MLLM width, default guidance), read without loading them."""
+        return saved_model(self.model, self.wan, self.transformer, self.mllm)
+
 
 @dataclass(kw_only=True)
 class ModelConfig(WeightsConfig, PerfConfig):
     """Which weights to load, where to run them, and how fast and lean (:class:`PerfConfig`)."""
+
+    def validate_model(self) -> None:
+        """Every model option that can be checked without loading the model."""
+        self.validate_perf()
+        self.validate_weights()
 
 
 @dataclass(kw_only=True)
@@ -108,8 +125,17 @@ class SamplingConfig:
             raise ValueError(f"--num-frames must be 4k + 1 (e.g. 81), got {self.num_frames}")
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        if self.guidance is not None and self.guidance < 1:
-            raise ValueError(f"--guidance must be >= 1, got {self.guidance}")
+        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 1):
+            raise ValueError(f"--guidance must be a number >= 1, got {self.guidance}")
+        check_seed(self.seed)
+        if self.fps < 1:
+            raise ValueError(f"--fps must be >= 1, got {self.fps}")
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """A seed ``torch.Generator.manual_seed`` takes, checked before the model is loaded, not after."""
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"{flag} must be between 0 and 2**64 - 1, got {seed}")
 
 
 @dataclass(kw_only=True)
@@ -122,6 +148,14 @@ class GenerateConfig(ModelConfig, SamplingConfig, RefineOptions):
     )
     negative_mllm_states: Path | None = field(None, help="precomputed MLLM states for the negative prompt")
 
+    def validate(self) -> None:
+        """Every rule that needs no model: sampling settings, prompt, model options, refinement."""
+        super().validate()
+        if not self.prompt.strip():
+            raise ValueError("--prompt is empty: say what the subjects do")
+        self.validate_model()
+        self.check_refine()
+
 
 @dataclass(kw_only=True)
 class RunManifestConfig(ModelConfig, SamplingConfig):
@@ -129,25 +163,14 @@ class RunManifestConfig(ModelConfig, SamplingConfig):
     images_dir: Path = field(help="folder the manifest's img_paths are relative to")
     out: Path = field(help="output folder; each entry is written to <id>.mp4")
 
-
-@dataclass(kw_only=True)
-class ExtractMLLMConfig(WeightsConfig):
-    manifest: Path = field(help="test_case.json-format manifest")
-    images_dir: Path = field(help="folder the manifest's img_paths are relative to")
-    out: Path = field(help="output folder for <id>_hidden_states.pt / <id>_hidden_states_negative.pt")
-    out_manifest: Path | None = field(
-        None, help="manifest copy with hidden_states paths (default: <out>/<name>)"
-    )
-    negative_prompt: str = field(
-        DEFAULT_NEGATIVE_PROMPT, help="negative prompt (the MLLM suffix is appended)"
-    )
+    def validate(self) -> None:
+        """Every rule that needs no model: sampling settings, model options, the images folder."""
+        super().validate()
+        self.validate_model()
+        check_images_dir(self.images_dir)
 
 
 # ---------------------------------------------------------------------------------------------- loading
-
-
-def resolve_device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def resolve_dtype(dtype: Dtype, device: torch.device) -> torch.dtype:
@@ -205,14 +228,14 @@ def run_generate(config: GenerateConfig) -> Path:
     config.validate()
     _check_mp4_path(config.out)
     references = load_references(config.refs)  # fail on a bad image before loading any model
-    config.check_refine()
+    negative_states = check_generate_inputs(config, config.saved_model())
     pipe = load_pipeline(config)
     prompt = _refined_prompt(config, pipe, references)
     frames = pipe(
         prompt,
         references,
         mllm_hidden_states=config.mllm_states,
-        negative_mllm_hidden_states=config.negative_mllm_states,
+        negative_mllm_hidden_states=negative_states,
         **sampling_kwargs(config),
     ).frames[0]
     if _writes_outputs(config):
@@ -256,17 +279,19 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
     ensure_writable_dir(config.out / "probe.mp4")
     # Every image is checked before hours of generation start.
     images = {entry_id: resolve_images(entry, config.images_dir) for entry_id, entry in entries.items()}
+    check_manifest_references(images)
     # Data parallel: each rank takes its share. Context parallel: all ranks make every video together.
     share = list(entries.values()) if config.context_parallel != "none" else shard_of(list(entries.values()))
     todo = [e for e in share if not (config.out / f"{e.id}.mp4").is_file()]
     logger.info("%d of %d entries to generate in %s", len(todo), len(entries), config.out)
     if not todo:
         return []
+    states = manifest_states(todo, config, config.saved_model())
     pipe = load_pipeline(config)
     written, seconds = [], {}
     for entry in tqdm(todo, desc="manifest", unit="video"):
         start = time.perf_counter()
-        positive, negative = _existing_states(entry, config.manifest.parent)
+        positive, negative = states[entry.id]
         frames = pipe(
             entry.prompt,
             images[entry.id],
@@ -311,65 +336,6 @@ def _write_run_record(config: RunManifestConfig, pipe, seconds: dict[str, float]
         "seconds_per_video": seconds,
     }
     return atomic_write_json(path, record)
-
-
-def _existing_states(entry: ManifestEntry, base: Path) -> tuple[Path | None, Path | None]:
-    """Cached MLLM states named by the entry; a named but absent file is recomputed, with a warning."""
-    paths = []
-    for path in resolve_hidden_states(entry, base):
-        if path is not None and not path.is_file():
-            logger.warning("entry %s: %s not found; computing the MLLM states instead", entry.id, path)
-            path = None
-        paths.append(path)
-    return paths[0], paths[1]
-
-
-def run_extract_mllm(config: ExtractMLLMConfig) -> Path:
-    """Save positive and negative MLLM states of every entry (released ``.pt`` format) and a manifest copy."""
-    entries = load_manifest(config.manifest)
-    out_manifest = config.out_manifest or config.out / config.manifest.name
-    ensure_writable_dir(config.out / "probe.pt")
-    images = {entry_id: resolve_images(entry, config.images_dir) for entry_id, entry in entries.items()}
-    mllm, processor, device = _load_mllm(config)
-
-    updated = {}
-    for entry_id, entry in tqdm(entries.items(), desc="MLLM states", unit="case"):
-        paths = (
-            config.out / f"{entry_id}_hidden_states.pt",
-            config.out / f"{entry_id}_hidden_states_negative.pt",
-        )
-        texts = (entry.prompt, config.negative_prompt + MLLM_NEGATIVE_SUFFIX)
-        if not all(p.is_file() for p in paths):
-            references = load_references(images[entry_id])
-            for path, text in zip(paths, texts, strict=True):
-                states = encode_mllm(mllm, processor, text, references)  # (1, L, 3584)
-                atomic_torch_save(states.to(torch.bfloat16).cpu().contiguous(), path)
-        relative = [os.path.relpath(p, out_manifest.parent) for p in paths]
-        updated[entry_id] = with_fields(
-            entry, hidden_states_path=relative[0], hidden_states_path_negative=relative[1]
-        )
-    save_manifest(updated, out_manifest)
-    logger.info("wrote %s", out_manifest)
-    return out_manifest
-
-
-def _load_mllm(config: WeightsConfig):
-    """Only the MLLM and its processor: from --mllm, else from a pipeline folder's subfolders."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from .default_model import default_model_path
-
-    config.check_folders()
-    if config.mllm is not None:
-        model_dir = processor_dir = config.mllm
-    else:
-        root = config.model or default_model_path()
-        model_dir, processor_dir = root / "mllm", root / "mllm_processor"
-    device = resolve_device(config.device)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        model_dir, dtype=resolve_dtype(config.dtype, device)
-    )
-    return model.to(device).eval(), load_mllm_processor(processor_dir), device
 
 
 def _check_mp4_path(path: Path) -> None:

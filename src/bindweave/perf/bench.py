@@ -18,6 +18,7 @@ with random weights on the GPU only, DiT-only (no end-to-end: the real encoders 
 from __future__ import annotations
 
 import contextlib
+import math
 import platform
 import resource
 import tempfile
@@ -36,7 +37,7 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from ..conditioning.latents import latent_frame_count
 from ..config import field
 from ..denoiser import Conditioning, guided_velocity
-from ..generate import Dtype, resolve_device, resolve_dtype
+from ..generate import Dtype, check_seed, resolve_device, resolve_dtype
 from ..models import BindWeaveTransformer3DModel
 from ..pipeline import BindWeavePipeline
 from ..testing import build_tiny_release, tiny_transformer_kwargs
@@ -99,6 +100,22 @@ class BenchConfig(PerfConfig):
         height, width, frames = DEFAULT_VIDEO[self.size]
         return self.height or height, self.width or width, self.num_frames or frames
 
+    def validate(self) -> None:
+        """Every setting that can be checked before the model is built."""
+        self.validate_perf()
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % 16):
+                raise ValueError(f"--{name} must be a positive multiple of 16, got {value}")
+        if self.num_frames is not None and (self.num_frames < 1 or (self.num_frames - 1) % 4):
+            raise ValueError(f"--num-frames must be 4k + 1, got {self.num_frames}")
+        for name in ("mllm_tokens", "steps", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.guidance) and self.guidance >= 1):
+            raise ValueError(f"--guidance must be a number >= 1, got {self.guidance}")
+        check_seed(self.seed)
+
 
 @dataclass(frozen=True)
 class BenchResult:
@@ -137,7 +154,7 @@ class BenchResult:
 
 def run_bench(config: BenchConfig) -> BenchResult:
     """Run the benchmark ``config`` describes and print its figures."""
-    config.validate_perf()
+    config.validate()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     peak = resolve_peak_tflops(config.peak_tflops, device, dtype)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bindweave.config import field, to_dict
-from bindweave.io.files import atomic_write_json, atomic_write_text
+from bindweave.generate import check_seed
+from bindweave.io.files import atomic_write_json, atomic_write_text, ensure_writable_dir
 from bindweave.io.video import write_video
 
 from .ablation import ABLATIONS, AblatedBindWeavePipeline
@@ -67,6 +69,12 @@ class ToyEvalConfig:
             raise ValueError(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
         if self.num_samples < 1 or self.steps < 1:
             raise ValueError(f"--num-samples and --steps must be >= 1, got {self.num_samples}, {self.steps}")
+        if self.guidance_scale is not None and not (
+            math.isfinite(self.guidance_scale) and self.guidance_scale >= 1
+        ):
+            raise ValueError(f"--guidance-scale must be a number >= 1, got {self.guidance_scale}")
+        check_seed(self.world_seed, "--world-seed")
+        check_seed(self.init_seed, "--init-seed")
 
 
 def _variant_pipeline(pipe, variant: str, init_seed: int) -> AblatedBindWeavePipeline:
@@ -154,7 +162,9 @@ def run_toy_eval(config: ToyEvalConfig) -> dict[str, dict[str, float]]:
     from bindweave.pipeline import BindWeavePipeline
 
     config.validate()
-    config.out.mkdir(parents=True, exist_ok=True)
+    if not (config.model / "model_index.json").is_file():
+        raise FileNotFoundError(f"--model {config.model}: no model_index.json (not a saved pipeline folder)")
+    ensure_writable_dir(config.out / "table.md")
     pipe = BindWeavePipeline.from_pretrained(config.model, torch_dtype=torch.float32)
     config = with_model_guidance(config, pipe)
     results = toy_eval(pipe, config)
