@@ -14,6 +14,7 @@ from .demo import DemoConfig, run_demo
 from .eval.score import EvalScoreConfig, run_score
 from .extract import ExtractMLLMConfig, run_extract_mllm
 from .generate import GenerateConfig, RunManifestConfig, run_generate, run_manifest
+from .interrupt import INTERRUPTED_EXIT_CODE, interrupt_line
 from .perf.bench import BenchConfig, run_bench
 from .refine import RefineConfig, run_refine
 from .toy.dataset import ToyDataConfig, run_toy_data
@@ -153,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # user errors: one clear line, non-zero exit
         logging.getLogger("bindweave").error("%s", err)
         return 1
+    except KeyboardInterrupt as err:  # Ctrl-C: what was saved and how to continue, in one line
+        print(interrupt_line(command.name, err), file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     # A context-parallel torchrun job leaves its process group open: close it, on success only (tearing
     # down while another rank is still inside a collective can hang or abort that rank).
     shutdown_distributed()

@@ -19,6 +19,7 @@ from .conditioning.references import load_references
 from .conditioning.text import DEFAULT_NEGATIVE_PROMPT
 from .config import field
 from .generate import WeightsConfig, resolve_dtype
+from .interrupt import interrupt_message
 from .io.files import atomic_torch_save, ensure_writable_dir
 from .io.manifest import load_manifest, resolve_images, save_manifest, with_fields
 from .preflight import check_images_dir, check_manifest_references, resolve_device
@@ -68,6 +69,16 @@ def _states_paths(out: Path, entry_id: str) -> tuple[Path, Path]:
     return out / f"{entry_id}_hidden_states.pt", out / f"{entry_id}_hidden_states_negative.pt"
 
 
+def _extract_interrupted(config: ExtractMLLMConfig) -> str:
+    entries = load_manifest(config.manifest)
+    done = sum(all(p.is_file() for p in _states_paths(config.out, entry_id)) for entry_id in entries)
+    return (
+        f"the MLLM states of {done} of {len(entries)} cases are in {config.out}; run the same command again "
+        "to make the rest (finished cases are skipped)"
+    )
+
+
+@interrupt_message(_extract_interrupted)
 def run_extract_mllm(config: ExtractMLLMConfig) -> Path:
     """Save positive and negative MLLM states of every entry (released ``.pt`` format) and a manifest copy."""
     config.validate()

@@ -24,6 +24,7 @@ from .conditioning.mllm import load_mllm_processor
 from .conditioning.references import load_references
 from .conditioning.text import DEFAULT_NEGATIVE_PROMPT
 from .config import field, to_dict
+from .interrupt import interrupt_message
 from .io.files import atomic_write_json, ensure_writable_dir
 from .io.manifest import load_manifest, resolve_images
 from .io.video import write_video
@@ -267,6 +268,16 @@ def shard_of(items: list, rank: int | None = None, world_size: int | None = None
     return items[rank::world_size]
 
 
+def _manifest_interrupted(config: RunManifestConfig) -> str:
+    entries = load_manifest(config.manifest)
+    done = sum((config.out / f"{entry_id}.mp4").is_file() for entry_id in entries)
+    return (
+        f"{done} of {len(entries)} videos are in {config.out}; run the same command again to make the rest "
+        "(finished videos are skipped)"
+    )
+
+
+@interrupt_message(_manifest_interrupted)
 def run_manifest(config: RunManifestConfig) -> list[Path]:
     """Generate every entry of a manifest to ``<out>/<id>.mp4``, skipping the ones already written.
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from bindweave.config import field, to_dict
 from bindweave.generate import check_seed
+from bindweave.interrupt import interrupt_message
 from bindweave.io.files import atomic_write_json, atomic_write_text, ensure_writable_dir
 from bindweave.io.video import write_video
 
@@ -158,6 +159,9 @@ def format_table(results: dict[str, list[ClipScores]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@interrupt_message(
+    lambda config: f"finished variants are saved in {config.out}; run the same command again to resume"
+)
 def run_toy_eval(config: ToyEvalConfig) -> dict[str, dict[str, float]]:
     from bindweave.pipeline import BindWeavePipeline
 
