@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 import torch
 
-from bindweave import cli, generate
+from bindweave import cli, extract, generate
 from bindweave.io.manifest import load_manifest
 from bindweave.io.video import probe_video, read_video
 from bindweave.testing import TINY_SIZE, build_tiny_random_pipeline
@@ -111,7 +111,7 @@ def test_generate_bad_inputs_exit_non_zero_with_a_named_error(model_dir, ref_pat
     assert list(tmp_path.glob("*.mp4")) == []
 
 
-def test_generate_interrupted_leaves_no_partial_file(model_dir, ref_paths, tmp_path, monkeypatch):
+def test_generate_interrupted_leaves_no_partial_file(model_dir, ref_paths, tmp_path, monkeypatch, capsys):
     from bindweave.io import video
 
     def failing_encode(frames, path, fps, crf):
@@ -120,21 +120,21 @@ def test_generate_interrupted_leaves_no_partial_file(model_dir, ref_paths, tmp_p
 
     monkeypatch.setattr(video, "_encode_h264", failing_encode)
     out = tmp_path / "video.mp4"
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(
-            [
-                "generate",
-                "--model",
-                str(model_dir),
-                "--refs",
-                *ref_paths,
-                "--prompt",
-                "x",
-                "--out",
-                str(out),
-                *SMALL,
-            ]
-        )
+    code = cli.main(
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--refs",
+            *ref_paths,
+            "--prompt",
+            "x",
+            "--out",
+            str(out),
+            *SMALL,
+        ]
+    )
+    assert code == 130 and capsys.readouterr().err.splitlines()[-1] == "bindweave generate: interrupted"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -156,14 +156,14 @@ def test_extract_mllm_writes_released_format_and_a_manifest_copy(extracted, fixt
 
 def test_extract_mllm_resumes_without_recomputing(extracted, fixtures_dir, model_dir, monkeypatch):
     calls = []
-    monkeypatch.setattr(generate, "encode_mllm", lambda *a, **k: calls.append(a) or None)
+    monkeypatch.setattr(extract, "encode_mllm", lambda *a, **k: calls.append(a) or None)
     args = ["extract-mllm", "--model", str(model_dir), "--manifest", str(fixtures_dir / "test_case.json"),
             "--images-dir", str(fixtures_dir), "--out", str(extracted)]  # fmt: skip
     assert cli.main(args) == 0 and calls == []
 
 
 def test_run_manifest_generates_every_entry_and_resumes(
-    extracted, fixtures_dir, model_dir, tmp_path, monkeypatch
+    extracted, fixtures_dir, model_dir, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "videos"
     args = ["run-manifest", "--model", str(model_dir), "--manifest", str(extracted / "test_case.json"),
@@ -181,8 +181,12 @@ def test_run_manifest_generates_every_entry_and_resumes(
         real_encode(frames, path, fps, crf)
 
     monkeypatch.setattr(video, "_encode_h264", encode_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(args)
+    assert cli.main(args) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.splitlines()[-1] == (
+        f"bindweave run-manifest: interrupted; 1 of 3 videos are in {out}; run the same command again to "
+        "make the rest (finished videos are skipped)"
+    )
     assert sorted(p.name for p in out.iterdir()) == ["faceobj_1.mp4", "run_record.json"]
     first_bytes = (out / "faceobj_1.mp4").read_bytes()
     monkeypatch.undo()
@@ -254,7 +258,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("bindweave
 """
     top = json.loads(subprocess.check_output([sys.executable, "-c", script, "--help"], text=True))
     assert top == ["bindweave", "bindweave._lazy", "bindweave._logging", "bindweave.cli", "bindweave.config",
-                   "bindweave.extras"]  # fmt: skip
+                   "bindweave.extras", "bindweave.interrupt"]  # fmt: skip
     generate_help = json.loads(
         subprocess.check_output([sys.executable, "-c", script, "generate", "--help"], text=True)
     )

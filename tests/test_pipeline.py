@@ -194,6 +194,25 @@ def test_precomputed_mllm_states_without_an_mllm(release, pipe, refs):
         run(no_mllm, refs, mllm_hidden_states=torch.randn(1, 9, dim + 1), negative_mllm_hidden_states=neg)
 
 
+def test_negative_states_without_a_negative_branch_are_checked_and_named(pipe, refs, caplog):
+    """At guidance 1 the negative states are unused: a wrong tensor is refused, a right one is named."""
+    no_mllm = BindWeavePipeline(**{**pipe.components, "mllm": None, "mllm_processor": None})
+    dim = pipe.transformer.config.mllm_dim
+    pos = torch.randn(1, 9, dim, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(MLLMStateError, match=f"^negative_mllm_hidden_states has shape \\(1, 4, {dim + 1}\\)"):
+        run(no_mllm, refs, mllm_hidden_states=pos, negative_mllm_hidden_states=torch.zeros(1, 4, dim + 1),
+            guidance_scale=1.0, num_inference_steps=1)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="bindweave.pipeline"):
+        given = run(no_mllm, refs, mllm_hidden_states=pos, negative_mllm_hidden_states=pos * 2,
+                    guidance_scale=1.0, num_inference_steps=1)  # fmt: skip
+    assert [r.getMessage() for r in caplog.records] == [
+        "negative_mllm_hidden_states have no effect at guidance_scale 1 (no negative branch)"
+    ]
+    assert np.array_equal(
+        given, run(no_mllm, refs, mllm_hidden_states=pos, guidance_scale=1.0, num_inference_steps=1)
+    )
+
+
 def test_released_fixture_states_load_through_the_user_path(release, pipe, refs, fixtures_dir):
     """The real Qwen2.5-VL-7B states (1, 526, 3584) drive a tiny model built with mllm_dim=3584."""
     states = fixtures_dir / "hidden_states"

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import config as cfg
 from .extras import install_hint, missing_extra
+from .interrupt import INTERRUPTED_EXIT_CODE, interrupt_line
 
 
 @dataclass
@@ -147,7 +148,7 @@ COMMANDS = [
         "extract-mllm",
         "save the MLLM states of a manifest in the released .pt format, plus a manifest copy pointing at them",
         f"{_GEN_CONFIG}:ExtractMLLMConfig",
-        f"{_GEN}:run_extract_mllm",
+        "bindweave.extract:run_extract_mllm",
     ),
 ]
 
@@ -211,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bindweave %s needs %r, of the %r extra: %s", command.name, package, extra, install_hint(extra)
         )
         return 1
+    except KeyboardInterrupt as err:  # Ctrl-C: what was saved and how to continue, in one line
+        print(interrupt_line(command.name, err), file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     # A context-parallel torchrun job leaves its process group open: close it, on success only (tearing
     # down while another rank is still inside a collective can hang or abort that rank). Only a job that
     # imported torch.distributed can have opened one.

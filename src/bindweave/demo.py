@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .config import field
 from .default_model import default_model_notice, demo_prompt, demo_references
-from .generate_config import ModelConfig
+from .generate_config import ModelConfig, check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,15 @@ class DemoConfig(ModelConfig):
     steps: int | None = field(None, help="sampling steps (default: the model's: 20 for the embedded model)")
     seed: int = field(0, help="seed")
 
+    def validate(self) -> None:
+        """Every rule that needs no model, checked before it is loaded."""
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        check_seed(self.seed)
+        if not self.prompt.strip():
+            raise ValueError("--prompt is empty: say what the subjects do")
+        self.validate_model()
+
 
 def run_demo(config: DemoConfig) -> tuple[Path, Path]:
     # Imported here: the CLI builds the demo's options from this module without loading torch.
@@ -32,6 +41,7 @@ def run_demo(config: DemoConfig) -> tuple[Path, Path]:
     from .io.strip import write_strip
     from .io.video import write_video
 
+    config.validate()
     video_path, strip_path = config.out / "demo.mp4", config.out / "demo.png"
     ensure_writable_dir(video_path)
     if config.uses_default_model:

@@ -1,8 +1,9 @@
-"""Generation jobs: one video, a whole manifest, and MLLM-state extraction for a manifest.
+"""Generation jobs: one video, and a whole manifest (MLLM-state extraction is :mod:`bindweave.extract`).
 
 Each job is a typed config (in :mod:`bindweave.generate_config`, re-exported here; the CLI is derived
-from it, see :mod:`bindweave.cli`) and a ``run_*`` function. Inputs are validated before any model is loaded, outputs are written atomically, and manifest
-runs skip finished outputs, so a killed run resumes losing nothing.
+from it, see :mod:`bindweave.cli`) and a ``run_*`` function. Inputs are validated before any model is
+loaded, outputs are written atomically, and manifest runs skip finished outputs, so a killed run resumes
+losing nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .conditioning.mllm import MLLM_NEGATIVE_SUFFIX, encode_mllm, load_mllm_processor
+from .conditioning.mllm import load_mllm_processor
 from .conditioning.references import load_references
 from .config import to_dict
 from .default_model import default_model_notice
@@ -29,18 +30,19 @@ from .generate_config import (
     RunManifestConfig,
     SamplingConfig,
     WeightsConfig,
+    check_seed,
 )
-from .io.files import atomic_torch_save, atomic_write_json, ensure_writable_dir
-from .io.manifest import (
-    ManifestEntry,
-    load_manifest,
-    resolve_hidden_states,
-    resolve_images,
-    save_manifest,
-    with_fields,
-)
+from .interrupt import interrupt_message
+from .io.files import atomic_write_json, ensure_writable_dir
+from .io.manifest import load_manifest, resolve_images
 from .io.video import write_video
 from .perf.config import apply_perf_config
+from .preflight import (
+    check_generate_inputs,
+    check_manifest_references,
+    manifest_states,
+    resolve_device,
+)
 from .refine import refine_prompt
 
 logger = logging.getLogger(__name__)
@@ -53,21 +55,18 @@ __all__ = [
     "RunManifestConfig",
     "SamplingConfig",
     "WeightsConfig",
+    "check_seed",
     "load_pipeline",
     "resolve_device",
     "resolve_dtype",
-    "run_extract_mllm",
     "run_generate",
     "run_manifest",
     "sampling_kwargs",
     "shard_of",
 ]
 
+
 # ---------------------------------------------------------------------------------------------- loading
-
-
-def resolve_device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def resolve_dtype(dtype: Dtype, device: torch.device) -> torch.dtype:
@@ -125,7 +124,7 @@ def run_generate(config: GenerateConfig) -> Path:
     config.validate()
     _check_mp4_path(config.out)
     references = load_references(config.refs)  # fail on a bad image before loading any model
-    config.check_refine()
+    negative_states = check_generate_inputs(config, config.saved_model())
     _announce_default_model(config)
     pipe = load_pipeline(config)
     warn_if_not_native(pipe, config)
@@ -134,7 +133,7 @@ def run_generate(config: GenerateConfig) -> Path:
         prompt,
         references,
         mllm_hidden_states=config.mllm_states,
-        negative_mllm_hidden_states=config.negative_mllm_states,
+        negative_mllm_hidden_states=negative_states,
         **sampling_kwargs(config),
     ).frames[0]
     if _writes_outputs(config):
@@ -186,6 +185,16 @@ def shard_of(items: list, rank: int | None = None, world_size: int | None = None
     return items[rank::world_size]
 
 
+def _manifest_interrupted(config: RunManifestConfig) -> str:
+    entries = load_manifest(config.manifest)
+    done = sum((config.out / f"{entry_id}.mp4").is_file() for entry_id in entries)
+    return (
+        f"{done} of {len(entries)} videos are in {config.out}; run the same command again to make the rest "
+        "(finished videos are skipped)"
+    )
+
+
+@interrupt_message(_manifest_interrupted)
 def run_manifest(config: RunManifestConfig) -> list[Path]:
     """Generate every entry of a manifest to ``<out>/<id>.mp4``, skipping the ones already written.
 
@@ -198,19 +207,21 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
     ensure_writable_dir(config.out / "probe.mp4")
     # Every image is checked before hours of generation start.
     images = {entry_id: resolve_images(entry, config.images_dir) for entry_id, entry in entries.items()}
+    check_manifest_references(images)
     # Data parallel: each rank takes its share. Context parallel: all ranks make every video together.
     share = list(entries.values()) if config.context_parallel != "none" else shard_of(list(entries.values()))
     todo = [e for e in share if not (config.out / f"{e.id}.mp4").is_file()]
     logger.info("%d of %d entries to generate in %s", len(todo), len(entries), config.out)
     if not todo:
         return []
+    states = manifest_states(todo, config, config.saved_model())
     _announce_default_model(config)
     pipe = load_pipeline(config)
     warn_if_not_native(pipe, config)
     written, seconds = [], {}
     for entry in tqdm(todo, desc="manifest", unit="video"):
         start = time.perf_counter()
-        positive, negative = _existing_states(entry, config.manifest.parent)
+        positive, negative = states[entry.id]
         frames = pipe(
             entry.prompt,
             images[entry.id],
@@ -255,67 +266,6 @@ def _write_run_record(config: RunManifestConfig, pipe, seconds: dict[str, float]
         "seconds_per_video": seconds,
     }
     return atomic_write_json(path, record)
-
-
-def _existing_states(entry: ManifestEntry, base: Path) -> tuple[Path | None, Path | None]:
-    """Cached MLLM states named by the entry; a named but absent file is recomputed, with a warning."""
-    paths = []
-    for path in resolve_hidden_states(entry, base):
-        if path is not None and not path.is_file():
-            logger.warning("entry %s: %s not found; computing the MLLM states instead", entry.id, path)
-            path = None
-        paths.append(path)
-    return paths[0], paths[1]
-
-
-def run_extract_mllm(config: ExtractMLLMConfig) -> Path:
-    """Save positive and negative MLLM states of every entry (released ``.pt`` format) and a manifest copy."""
-    entries = load_manifest(config.manifest)
-    out_manifest = config.out_manifest or config.out / config.manifest.name
-    ensure_writable_dir(config.out / "probe.pt")
-    images = {entry_id: resolve_images(entry, config.images_dir) for entry_id, entry in entries.items()}
-    mllm, processor, device = _load_mllm(config)
-
-    updated = {}
-    for entry_id, entry in tqdm(entries.items(), desc="MLLM states", unit="case"):
-        paths = (
-            config.out / f"{entry_id}_hidden_states.pt",
-            config.out / f"{entry_id}_hidden_states_negative.pt",
-        )
-        texts = (entry.prompt, config.negative_prompt + MLLM_NEGATIVE_SUFFIX)
-        if not all(p.is_file() for p in paths):
-            references = load_references(images[entry_id])
-            for path, text in zip(paths, texts, strict=True):
-                states = encode_mllm(mllm, processor, text, references)  # (1, L, 3584)
-                atomic_torch_save(states.to(torch.bfloat16).cpu().contiguous(), path)
-        relative = [os.path.relpath(p, out_manifest.parent) for p in paths]
-        updated[entry_id] = with_fields(
-            entry, hidden_states_path=relative[0], hidden_states_path_negative=relative[1]
-        )
-    save_manifest(updated, out_manifest)
-    logger.info("wrote %s", out_manifest)
-    return out_manifest
-
-
-def _load_mllm(config: WeightsConfig):
-    """Only the MLLM and its processor: from --mllm, else from a pipeline folder's subfolders."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from .default_model import default_model_path
-
-    config.check_folders()
-    if config.mllm is not None:
-        model_dir = processor_dir = config.mllm
-    else:
-        if config.model is None:
-            print(default_model_notice())
-        root = config.model or default_model_path()
-        model_dir, processor_dir = root / "mllm", root / "mllm_processor"
-    device = resolve_device(config.device)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        model_dir, dtype=resolve_dtype(config.dtype, device)
-    )
-    return model.to(device).eval(), load_mllm_processor(processor_dir), device
 
 
 def _check_mp4_path(path: Path) -> None:

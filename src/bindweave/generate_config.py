@@ -7,14 +7,18 @@ parsers cheaply; the jobs themselves are in :mod:`bindweave.generate`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .conditioning.prompts import DEFAULT_NEGATIVE_PROMPT
 from .config import field
 from .perf.config import PerfConfig
 from .refine import RefineOptions
+
+if TYPE_CHECKING:
+    from .preflight import SavedModel
 
 __all__ = [
     "Dtype",
@@ -24,6 +28,7 @@ __all__ = [
     "RunManifestConfig",
     "SamplingConfig",
     "WeightsConfig",
+    "check_seed",
 ]
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -64,10 +69,28 @@ class WeightsConfig:
             if folder is not None and not Path(folder).is_dir():
                 raise FileNotFoundError(f"--{name} {folder}: no such folder")
 
+    def validate_weights(self) -> None:
+        """The folders exist and ``--device`` names a device this machine has."""
+        from .preflight import resolve_device
+
+        self.check_folders()
+        resolve_device(self.device)
+
+    def saved_model(self) -> SavedModel:
+        """What the weights' config files say (MLLM width, default guidance), read without loading them."""
+        from .preflight import saved_model
+
+        return saved_model(self.model, self.wan, self.transformer, self.mllm)
+
 
 @dataclass(kw_only=True)
 class ModelConfig(WeightsConfig, PerfConfig):
     """Which weights to load, where to run them, and how fast and lean (:class:`PerfConfig`)."""
+
+    def validate_model(self) -> None:
+        """Every model option that can be checked without loading the model."""
+        self.validate_perf()
+        self.validate_weights()
 
 
 @dataclass(kw_only=True)
@@ -110,8 +133,17 @@ class SamplingConfig:
             raise ValueError(f"--num-frames must be 4k + 1 (e.g. 81), got {self.num_frames}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        if self.guidance is not None and self.guidance < 1:
-            raise ValueError(f"--guidance must be >= 1, got {self.guidance}")
+        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 1):
+            raise ValueError(f"--guidance must be a number >= 1, got {self.guidance}")
+        check_seed(self.seed)
+        if self.fps < 1:
+            raise ValueError(f"--fps must be >= 1, got {self.fps}")
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """A seed ``torch.Generator.manual_seed`` takes, checked before the model is loaded, not after."""
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"{flag} must be between 0 and 2**64 - 1, got {seed}")
 
 
 @dataclass(kw_only=True)
@@ -124,12 +156,28 @@ class GenerateConfig(ModelConfig, SamplingConfig, RefineOptions):
     )
     negative_mllm_states: Path | None = field(None, help="precomputed MLLM states for the negative prompt")
 
+    def validate(self) -> None:
+        """Every rule that needs no model: sampling settings, prompt, model options, refinement."""
+        super().validate()
+        if not self.prompt.strip():
+            raise ValueError("--prompt is empty: say what the subjects do")
+        self.validate_model()
+        self.check_refine()
+
 
 @dataclass(kw_only=True)
 class RunManifestConfig(ModelConfig, SamplingConfig):
     manifest: Path = field(help="test_case.json-format manifest: id -> {img_paths, prompt, ...}")
     images_dir: Path = field(help="folder the manifest's img_paths are relative to")
     out: Path = field(help="output folder; each entry is written to <id>.mp4")
+
+    def validate(self) -> None:
+        """Every rule that needs no model: sampling settings, model options, the images folder."""
+        from .preflight import check_images_dir
+
+        super().validate()
+        self.validate_model()
+        check_images_dir(self.images_dir)
 
 
 @dataclass(kw_only=True)
@@ -143,3 +191,31 @@ class ExtractMLLMConfig(WeightsConfig):
     negative_prompt: str = field(
         DEFAULT_NEGATIVE_PROMPT, help="negative prompt (the MLLM suffix is appended)"
     )
+
+    def validate(self) -> None:
+        """Every rule that needs no model: folders, device, the images folder, where the manifest goes."""
+        from .io.files import ensure_writable_dir
+        from .preflight import check_images_dir
+
+        self.validate_weights()
+        self.mllm_folders()
+        check_images_dir(self.images_dir)
+        if self.out_manifest is not None:
+            if self.out_manifest.suffix.lower() != ".json":
+                raise ValueError(f"--out-manifest must end in .json, got {self.out_manifest}")
+            ensure_writable_dir(self.out_manifest)
+
+    def mllm_folders(self) -> tuple[Path, Path]:
+        """(model, processor) folders of the MLLM: ``--mllm``, else the pipeline folder's subfolders."""
+        if self.mllm is not None:
+            return self.mllm, self.mllm
+        if self.wan is not None:
+            raise ValueError(
+                "the released Wan and BindWeave folders hold no MLLM: give --mllm (Qwen2.5-VL-7B-Instruct)"
+            )
+        from .default_model import default_model_path
+
+        root = self.model or default_model_path()
+        if not ((root / "mllm").is_dir() and (root / "mllm_processor").is_dir()):
+            raise FileNotFoundError(f"{root} has no mllm and mllm_processor folders: give --mllm")
+        return root / "mllm", root / "mllm_processor"

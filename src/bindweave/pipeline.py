@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,6 +44,8 @@ from .perf.caching import StepCacheSpec
 from .perf.cross_attention import context_kv_cache, install_fast_cross_attention
 from .perf.kinds import Precision
 from .perf.parallel import ContextParallelKind, check_sequence_split, enable_context_parallel
+
+logger = logging.getLogger(__name__)
 
 MLLMStates = torch.Tensor | str | os.PathLike
 
@@ -280,6 +283,11 @@ class BindWeavePipeline(DiffusionPipeline):
 
         positive = states_for(mllm_hidden_states, prompt, "mllm_hidden_states")
         if not do_cfg:
+            if negative_mllm_hidden_states is not None:  # unused, but a wrong one is still a mistake
+                load_mllm_states(negative_mllm_hidden_states, mllm_dim, name="negative_mllm_hidden_states")
+                logger.warning(
+                    "negative_mllm_hidden_states have no effect at guidance_scale 1 (no negative branch)"
+                )
             return positive, None
         negative_text = negative_prompt + MLLM_NEGATIVE_SUFFIX
         return positive, states_for(negative_mllm_hidden_states, negative_text, "negative_mllm_hidden_states")

@@ -25,6 +25,7 @@ from bindweave.conditioning.mllm import (
     load_mllm_processor,
     load_mllm_states,
     mllm_inputs,
+    mllm_size_problem,
     prescale_for_mllm,
 )
 from bindweave.testing import ReleaseFolders, build_tiny_release
@@ -133,6 +134,47 @@ def test_hand_smart_resize_reproduces_the_worked_examples() -> None:
 )
 def test_prescale_for_mllm_sizes(size: tuple[int, int], expected: tuple[int, int]) -> None:
     assert prescale_for_mllm(PIL.Image.new("RGB", size)).size == expected
+
+
+# (width, height): too small or too long for the MLLM, and the smallest / longest it reads. By hand:
+# x0.75 leaves a 0 side below 2 px (x0.3 above 720x1280 pixels: below 4 px); 267x2 -> 200x1 is Qwen's
+# longest aspect ratio (200:1), 268x2 -> 201x1 is past it.
+SIZE_LIMITS = [
+    ((1, 1), False),
+    ((400, 1), False),
+    ((1, 3), False),
+    ((2, 2), True),
+    ((267, 2), True),
+    ((268, 2), False),
+    ((2, 267), True),
+    ((307201, 3), False),  # 921603 px: x0.3 -> 92160x0
+    ((1300, 720), True),
+]
+
+
+@pytest.mark.parametrize(("size", "readable"), SIZE_LIMITS)
+def test_mllm_size_problem_agrees_with_the_processor(size, readable, processor) -> None:
+    """Readable exactly when the release's pre-scale (a PIL resize) works and the stock processor takes it."""
+    factor = 0.3 if size[0] * size[1] > 720 * 1280 else 0.75
+    scaled = (int(size[0] * factor), int(size[1] * factor))
+    try:
+        prescaled = PIL.Image.new("RGB", size).resize(scaled)
+        processor.image_processor(images=[prescaled], return_tensors="pt")
+        processed = True
+    except ValueError:  # PIL: "height and width must be > 0"; Qwen: "absolute aspect ratio must be smaller"
+        processed = False
+    assert processed == readable
+    assert (mllm_size_problem(*size) is None) == readable
+
+
+def test_prescale_for_mllm_names_a_size_it_cannot_scale() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"^a 400x1 image cannot be a reference: .* leaves 300x0; each side must be at least 2 pixels$",
+    ):
+        prescale_for_mllm(PIL.Image.new("RGB", (400, 1)))
+    with pytest.raises(ValueError, match=r"aspect ratio of 201:1; Qwen2.5-VL reads at most 200:1$"):
+        prescale_for_mllm(PIL.Image.new("RGB", (268, 2)))
 
 
 def test_prescale_for_mllm_pixels_match_the_release_pil_resize() -> None:

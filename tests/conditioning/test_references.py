@@ -18,6 +18,7 @@ from bindweave.conditioning.references import (
     MAX_REFERENCES,
     Letterboxed,
     ReferenceError,
+    check_reference_files,
     letterbox,
     load_reference,
     load_references,
@@ -176,6 +177,34 @@ def test_load_references_exactly_four_does_not_warn(caplog: pytest.LogCaptureFix
 def test_load_references_empty_raises() -> None:
     with pytest.raises(ReferenceError):
         load_references([])
+
+
+def test_load_references_names_a_reference_the_mllm_cannot_read(tmp_path: Path) -> None:
+    """Counted from 1, with its file and its size; a 2x2 reference is the smallest the MLLM reads."""
+    thin = _save_png(tmp_path / "thin.png", _solid_image(400, 1, (1, 2, 3)))
+    good = _save_png(tmp_path / "good.png", _solid_image(2, 2, (1, 2, 3)))
+    assert [image.size for image in load_references([good, good])] == [(2, 2), (2, 2)]
+    with pytest.raises(
+        ReferenceError, match=rf"^reference 2 \({thin}\) is 400x1 pixels: .* at least 2 pixels$"
+    ):
+        load_references([good, thin])
+    with pytest.raises(ReferenceError, match=r"^reference 1 is 1x1 pixels: "):
+        load_references([_solid_image(1, 1, (0, 0, 0))])
+
+
+def test_check_reference_files_checks_as_load_references_does(tmp_path: Path) -> None:
+    good = _save_png(tmp_path / "good.png", _random_image(30, 20))
+    long = _save_png(tmp_path / "long.png", _solid_image(268, 2, (0, 0, 0)))
+    check_reference_files([good, good])
+    with pytest.raises(ReferenceError, match=rf"^reference 2 \({long}\) is 268x2 pixels: .* 201:1"):
+        check_reference_files([good, long])
+    with pytest.raises(
+        ReferenceError, match=rf"^reference 1 \({tmp_path / 'no.png'}\): image file not found$"
+    ):
+        check_reference_files([tmp_path / "no.png"])
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ReferenceError, match="reference 1 .*text.png.*: cannot read image"):
+        check_reference_files([tmp_path / "text.png"])
 
 
 def test_load_reference_missing_file_names_the_path(tmp_path: Path) -> None:

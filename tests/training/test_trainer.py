@@ -9,18 +9,19 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from bindweave import cli
 from bindweave.io.video import probe_video
 from bindweave.perf.cross_attention import install_fast_cross_attention
 from bindweave.pipeline import BindWeavePipeline
 from bindweave.training.cache import FeatureCache, feature_settings
-from bindweave.training.checkpoint import list_checkpoints
+from bindweave.training.checkpoint import list_checkpoints, resume_hint
 from bindweave.training.features import collate_features
 from bindweave.training.metrics import read_metrics
 from bindweave.training.model import configure_trainable, load_pipeline
 from bindweave.training.objective import FlowMatchingObjective
-from bindweave.training.trainer import run_train
+from bindweave.training.trainer import Trainer, run_train
 
-from .conftest import build_config, tiny_config_dict
+from .conftest import build_config, tiny_config_dict, write_config
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -172,3 +173,40 @@ def test_connector_only_training_changes_only_the_connector(tiny_cache, tiny_pip
     trained = load_weights(summary.checkpoints[-1])
     changed = {k for k, v in trained.items() if not torch.equal(base[k], v)}
     assert changed and all(k.startswith("condition_embedder.text_projector.") for k in changed)
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_how_to_resume(
+    tiny_cache, tiny_pipeline_dir, tmp_path, monkeypatch, capsys
+):
+    """Interrupted in step 3 of a run checkpointing every step: one line, exit 130, no traceback."""
+    out = tmp_path / "run"
+    config = cached_config(out, tiny_pipeline_dir, tiny_cache, checkpoint={"every_steps": 1, "keep_last": 5})
+    real_step, steps = Trainer._optimizer_step, []
+
+    def third_step_interrupted(self, *args, **kwargs):
+        steps.append(len(steps) + 1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", third_step_interrupted)
+    assert cli.main(["train", str(write_config(tmp_path / "train.json", config))]) == 130
+    err = capsys.readouterr().err
+    line = (
+        f"bindweave train: interrupted; the last checkpoint is {out / 'checkpoint-000002'} (step 2); run the "
+        "same command again to continue from it (resume: auto)"
+    )
+    assert "Traceback" not in err and err.splitlines()[-1] == line
+    assert [text for text in err.splitlines() if text.startswith("bindweave")] == [line]
+
+
+def test_resume_hint_without_a_checkpoint_or_without_auto_resume(tmp_path):
+    assert resume_hint(tmp_path, "auto", 500) == (
+        f"no checkpoint in {tmp_path} yet (one every 500 steps): a rerun starts from step 0"
+    )
+    (tmp_path / "checkpoint-000007" / "training_state").mkdir(parents=True)
+    (tmp_path / "checkpoint-000007" / "training_state" / "state.json").write_text("{}")
+    assert resume_hint(tmp_path, "never", 500) == (
+        f"the last checkpoint is {tmp_path / 'checkpoint-000007'} (step 7); set resume: auto (or resume: "
+        f"{tmp_path / 'checkpoint-000007'}) in the config and run it again to continue from it"
+    )

@@ -215,6 +215,23 @@ def test_run_ui_fails_before_serving_on_a_wrong_model_path(tmp_path, monkeypatch
         run_ui(parse_ui(["--model", str(tmp_path / "missing")]))
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "70000"], "--port must be between 0 and 65535"),
+        (["--device", "foo"], "--device foo: not a torch device"),
+        (["--refine", "endpoint"], "--refine endpoint needs --refine-endpoint"),
+    ],
+)
+def test_run_ui_checks_its_options_before_loading_the_model(argv, message, tmp_path, monkeypatch):
+    monkeypatch.setattr("bindweave.ui.launch.launch_app", lambda *a, **k: pytest.fail("must not serve"))
+    monkeypatch.setattr(
+        "bindweave.ui.loader.PipelineLoader.__call__", lambda *a, **k: pytest.fail("must not load the model")
+    )
+    with pytest.raises(ValueError, match=message):
+        run_ui(parse_ui([*argv, "--out", str(tmp_path)]))
+
+
 def test_bindweave_ui_command():
     """Once ``bindweave ui`` is wired into the CLI, its options are UIConfig's."""
     from bindweave import cli

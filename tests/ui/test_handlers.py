@@ -59,6 +59,7 @@ def request_for(refs, **changes) -> JobRequest:
         ("five", {}, "BindWeave uses at most 4 reference images; 5 are uploaded. Remove 1."),
         ("text", {}, "Reference 2 (notes.txt) is not an image that can be read (use PNG, JPEG or WebP)."),
         ("fake_png", {}, "Reference 1 (fake.png) is not an image that can be read"),
+        ("thin", {}, "Reference 2 (thin.png) is 400x1 pixels: the MLLM reads references scaled by 0.75 "),
         ("ok", {"height": 50}, "Height must be a positive multiple of 16 (got 50; try 48 or 64)."),
         ("ok", {"width": 0}, "Width must be a positive multiple of 16 (got 0; try 16 or 32)."),
         ("ok", {"width": 47.5}, "Width must be a whole number (got 47.5)."),
@@ -75,12 +76,14 @@ def request_for(refs, **changes) -> JobRequest:
 def test_bad_inputs_give_a_clear_message(refs, changes, message, ref_paths, not_an_image, tmp_path):
     fake_png = tmp_path / "fake.png"
     fake_png.write_bytes(b"GIF89a but not really")
+    PIL.Image.new("RGB", (400, 1)).save(tmp_path / "thin.png")
     refs = {
         "none": None,
         "empty": [],
         "five": [ref_paths[0]] * 5,
         "text": [ref_paths[0], not_an_image],
         "fake_png": [fake_png],
+        "thin": [ref_paths[0], tmp_path / "thin.png"],
         "ok": ref_paths,
     }[refs]
     with pytest.raises(UIError) as err:

@@ -11,6 +11,7 @@ when torchvision is installed: transformers' torchvision backend resizes differe
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from transformers import ProcessorMixin, Qwen2_5_VLProcessor
 MLLM_NEGATIVE_SUFFIX = ",motionless, frozen, still image, no movement, stationary, unmoving"
 
 _LARGE_IMAGE_PIXELS = 720 * 1280
+MLLM_MAX_ASPECT_RATIO = 200  # Qwen2.5-VL's image processor refuses longer images (smart_resize)
 
 
 class MLLMStateError(ValueError):
@@ -68,11 +70,38 @@ def load_mllm_processor(path: str | os.PathLike) -> QwenVLImageProcessor:
     return QwenVLImageProcessor.from_pretrained(path)
 
 
+def mllm_prescale(width: int, height: int) -> tuple[float, tuple[int, int]]:
+    """The pre-scale factor of a ``width x height`` reference and its size after it (spec 2.5)."""
+    factor = 0.3 if width * height > _LARGE_IMAGE_PIXELS else 0.75
+    return factor, (int(width * factor), int(height * factor))
+
+
+def mllm_size_problem(width: int, height: int) -> str | None:
+    """Why the MLLM cannot read a ``width x height`` reference, or None when it can.
+
+    After the pre-scale every side must keep at least 1 pixel (2 pixels before it for most images, 4
+    above 720x1280 pixels), and the aspect ratio must stay within Qwen2.5-VL's 200:1.
+    """
+    factor, (w, h) = mllm_prescale(width, height)
+    if min(w, h) < 1:
+        return (
+            f"the MLLM reads references scaled by {factor} (int sides), which leaves {w}x{h}; "
+            f"each side must be at least {math.ceil(1 / factor)} pixels"
+        )
+    if max(w, h) / min(w, h) > MLLM_MAX_ASPECT_RATIO:
+        return (
+            f"the MLLM reads references scaled by {factor} (int sides), which gives {w}x{h}, an aspect "
+            f"ratio of {max(w, h) / min(w, h):.0f}:1; Qwen2.5-VL reads at most {MLLM_MAX_ASPECT_RATIO}:1"
+        )
+    return None
+
+
 def prescale_for_mllm(image: PIL.Image.Image) -> PIL.Image.Image:
     """Shrink a reference before the MLLM processor: x0.3 above 720x1280 pixels, else x0.75 (int sides)."""
-    w, h = image.size
-    factor = 0.3 if w * h > _LARGE_IMAGE_PIXELS else 0.75
-    return image.resize((int(w * factor), int(h * factor)), PIL.Image.Resampling.BICUBIC)
+    problem = mllm_size_problem(*image.size)
+    if problem is not None:
+        raise ValueError(f"a {image.width}x{image.height} image cannot be a reference: {problem}")
+    return image.resize(mllm_prescale(*image.size)[1], PIL.Image.Resampling.BICUBIC)
 
 
 def build_mllm_messages(prompt: str, num_images: int) -> list[dict]:

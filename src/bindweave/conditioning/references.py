@@ -56,7 +56,10 @@ def load_reference(reference: ReferenceInput, name: str = "reference") -> PIL.Im
 
 
 def load_references(references: ReferenceInput | Sequence[ReferenceInput]) -> list[PIL.Image.Image]:
-    """Load 1-4 references in order; more than 4 are dropped with a warning (as the release does)."""
+    """Load 1-4 references in order; more than 4 are dropped with a warning (as the release does).
+
+    Each must be a size the MLLM can read (:func:`check_reference_size`). Messages count from 1.
+    """
     if isinstance(references, (str, os.PathLike, PIL.Image.Image, np.ndarray, torch.Tensor)):
         references = [references]
     references = list(references)
@@ -70,7 +73,48 @@ def load_references(references: ReferenceInput | Sequence[ReferenceInput]) -> li
             MAX_REFERENCES,
         )
         references = references[:MAX_REFERENCES]
-    return [load_reference(ref, name=f"reference {i}") for i, ref in enumerate(references)]
+    images = []
+    for index, reference in enumerate(references):
+        image = load_reference(reference, name=f"reference {index + 1}")  # its messages name the file
+        check_reference_size(image.size, reference_name(index, reference))
+        images.append(image)
+    return images
+
+
+def reference_name(index: int, reference: ReferenceInput | None = None) -> str:
+    """How messages name the reference at ``index``: counted from 1, with its file when it has one."""
+    name = f"reference {index + 1}"
+    return f"{name} ({reference})" if isinstance(reference, (str, os.PathLike)) else name
+
+
+def check_reference_size(size: tuple[int, int], name: str) -> None:
+    """Refuse a ``(width, height)`` the MLLM cannot read (:func:`~.mllm.mllm_size_problem`), naming it.
+
+    At least 2 pixels per side for most images (the MLLM's x0.75 pre-scale must leave 1), an aspect ratio
+    up to 200:1; letterboxing and CLIP take any size.
+    """
+    from .mllm import mllm_size_problem  # the rule is the MLLM's (spec 2.5)
+
+    problem = mllm_size_problem(*size)
+    if problem is not None:
+        raise ReferenceError(f"{name} is {size[0]}x{size[1]} pixels: {problem}")
+
+
+def check_reference_files(paths: Sequence[str | os.PathLike]) -> None:
+    """Check 1-4 reference files as :func:`load_references` would, reading only their headers.
+
+    For jobs that load the images much later (a manifest run), so that a bad file fails the job at once.
+    """
+    for index, path in enumerate(list(paths)[:MAX_REFERENCES]):
+        name = reference_name(index, path)
+        if not Path(path).is_file():
+            raise ReferenceError(f"{name}: image file not found")
+        try:
+            with PIL.Image.open(path) as image:  # reads the header, not the pixels
+                size = image.size
+        except (OSError, PIL.UnidentifiedImageError) as err:
+            raise ReferenceError(f"{name}: cannot read image: {err}") from err
+        check_reference_size(size, name)
 
 
 @dataclass(frozen=True)

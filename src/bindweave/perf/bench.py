@@ -103,7 +103,7 @@ class BenchResult:
 
 def run_bench(config: BenchConfig) -> BenchResult:
     """Run the benchmark ``config`` describes and print its figures."""
-    config.validate_perf()
+    config.validate()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     height, width, num_frames = config.video()

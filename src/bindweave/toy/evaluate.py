@@ -26,7 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bindweave.config import to_dict
-from bindweave.io.files import atomic_write_json, atomic_write_text
+from bindweave.interrupt import interrupt_message
+from bindweave.io.files import atomic_write_json, atomic_write_text, ensure_writable_dir
 from bindweave.io.video import write_video
 
 from .ablation import ABLATIONS, AblatedBindWeavePipeline
@@ -124,11 +125,16 @@ def format_table(results: dict[str, list[ClipScores]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@interrupt_message(
+    lambda config: f"finished variants are saved in {config.out}; run the same command again to resume"
+)
 def run_toy_eval(config: ToyEvalConfig) -> dict[str, dict[str, float]]:
     from bindweave.pipeline import BindWeavePipeline
 
     config.validate()
-    config.out.mkdir(parents=True, exist_ok=True)
+    if not (config.model / "model_index.json").is_file():
+        raise FileNotFoundError(f"--model {config.model}: no model_index.json (not a saved pipeline folder)")
+    ensure_writable_dir(config.out / "table.md")
     pipe = BindWeavePipeline.from_pretrained(config.model, torch_dtype=torch.float32)
     config = with_model_guidance(config, pipe)
     results = toy_eval(pipe, config)

@@ -56,6 +56,7 @@ __all__ = [
     "find_latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "resume_hint",
     "save_checkpoint",
     "write_frozen_components",
 ]
@@ -95,6 +96,21 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 def find_latest_checkpoint(output_dir: Path) -> Path | None:
     checkpoints = list_checkpoints(output_dir)
     return checkpoints[-1][1] if checkpoints else None
+
+
+def resume_hint(output_dir: Path, resume: str | Path, every_steps: int) -> str:
+    """What a stopped run left in ``output_dir`` and how to continue from it (the ``resume`` setting)."""
+    checkpoints = list_checkpoints(output_dir)
+    if not checkpoints:
+        return (
+            f"no checkpoint in {output_dir} yet (one every {every_steps} steps): a rerun starts from step 0"
+        )
+    step, path = checkpoints[-1]
+    if str(resume) == "auto":
+        how = "run the same command again to continue from it (resume: auto)"
+    else:
+        how = f"set resume: auto (or resume: {path}) in the config and run it again to continue from it"
+    return f"the last checkpoint is {path} (step {step}); {how}"
 
 
 # ---------------------------------------------------------------------------------------------- frozen parts

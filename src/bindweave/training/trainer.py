@@ -33,6 +33,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from bindweave.conditioning.latents import latent_frame_count
+from bindweave.interrupt import interrupt_message
 from bindweave.io.files import atomic_write_json
 from bindweave.perf.cross_attention import install_fast_cross_attention
 
@@ -41,6 +42,7 @@ from .checkpoint import (
     TrainingState,
     find_latest_checkpoint,
     load_checkpoint,
+    resume_hint,
     save_checkpoint,
     write_frozen_components,
 )
@@ -90,6 +92,9 @@ class StepResult:
     skipped: int  # bad clips skipped while loading this step's batch (all ranks)
 
 
+@interrupt_message(
+    lambda config: resume_hint(config.output_dir, config.resume, config.checkpoint.every_steps)
+)
 def run_train(config: TrainConfig) -> TrainSummary:
     """Train as ``config`` says (see :class:`~bindweave.training.config.TrainConfig`)."""
     config.validate()

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from ..conditioning.references import MAX_REFERENCES, ReferenceError, letterbox, load_reference
+from ..conditioning.references import (
+    MAX_REFERENCES,
+    ReferenceError,
+    check_reference_size,
+    letterbox,
+    load_reference,
+)
 
 SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
 PAPER_FRAMES = 81
@@ -117,15 +123,21 @@ def check_reference_paths(paths: Sequence[str | Path] | None) -> list[Path]:
 
 
 def load_reference_images(paths: Sequence[str | Path] | None) -> list[PIL.Image.Image]:
-    """Check and load the references exactly as the pipeline will (RGB), naming a file that is no image."""
+    """Check and load the references exactly as the pipeline will (RGB), naming a file that is no image
+    or of a size the model cannot read."""
     images = []
     for index, path in enumerate(check_reference_paths(paths)):
         try:
-            images.append(load_reference(path, name=_ref_name(index, path)))
+            image = load_reference(path, name=_ref_name(index, path))
         except ReferenceError as err:
             raise UIError(
                 f"{_ref_name(index, path)} is not an image that can be read (use PNG, JPEG or WebP)."
             ) from err
+        try:
+            check_reference_size(image.size, _ref_name(index, path))
+        except ReferenceError as err:
+            raise UIError(f"{err}.") from err
+        images.append(image)
     return images
 
 

@@ -16,6 +16,7 @@ from ..config import field
 from ..default_model import default_model_notice
 from ..extras import install_hint
 from ..generate_config import ModelConfig
+from ..io.files import ensure_writable_dir
 from ..refine import RefineOptions
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,16 @@ class UIConfig(ModelConfig, RefineOptions):
     port: int = field(7860, help="port to listen on")
     share: bool = field(False, help="also open a public Gradio share link (off: the app stays local)")
     out: Path = field(Path("outputs/ui"), help="folder for the results (one subfolder per run)")
+
+    def validate(self) -> None:
+        """Every launcher option that needs no model, checked before the model is loaded."""
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be between 0 and 65535, got {self.port}")
+        self.validate_model()
+        self.check_refine()
+        if self.refine == "local" and not self.saved_model().has_mllm:
+            raise ValueError("--refine local needs the pipeline's Qwen2.5-VL (give --mllm)")
+        ensure_writable_dir(self.out / "probe")
 
 
 def _require_gradio() -> Any:
@@ -89,22 +100,14 @@ def run_ui(config: UIConfig) -> None:
 
     if not _is_loopback(config.host):
         logger.warning("listening on %s: anyone who can reach this machine can use the app", config.host)
+    config.validate()
     model = model_config_of(config)
-    check_model_paths(model)
     loader = PipelineLoader(model)
     if model.uses_default_model:
         print(default_model_notice())
     loader()  # wrong model paths fail here, before the page is served
     app = build_app(loader, out_dir=config.out, refiner=make_refiner(config, loader))
     launch_app(app, config.host, config.port, config.out, share=config.share)
-
-
-def check_model_paths(config: ModelConfig) -> None:
-    """Name a mistyped model folder in one line (diffusers would take it for a Hub id and fail obscurely)."""
-    for name in ("model", "wan", "transformer", "mllm"):
-        path = getattr(config, name)
-        if path is not None and not Path(path).is_dir():
-            raise OSError(f"--{name} {path}: no such folder")
 
 
 def _is_loopback(host: str) -> bool:
