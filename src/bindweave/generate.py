@@ -23,7 +23,7 @@ from .conditioning.mllm import MLLM_NEGATIVE_SUFFIX, encode_mllm, load_mllm_proc
 from .conditioning.references import load_references
 from .conditioning.text import DEFAULT_NEGATIVE_PROMPT
 from .config import field, to_dict
-from .io.files import atomic_torch_save, atomic_write_json, ensure_writable_dir
+from .io.files import atomic_torch_save, atomic_write_json, ensure_writable_dir, remove_stale_temporaries
 from .io.manifest import (
     ManifestEntry,
     load_manifest,
@@ -204,6 +204,7 @@ def run_generate(config: GenerateConfig) -> Path:
     """Generate one video to ``config.out`` (an H.264 mp4)."""
     config.validate()
     _check_mp4_path(config.out)
+    remove_stale_temporaries(config.out.parent)
     references = load_references(config.refs)  # fail on a bad image before loading any model
     config.check_refine()
     pipe = load_pipeline(config)
@@ -258,6 +259,8 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
     images = {entry_id: resolve_images(entry, config.images_dir) for entry_id, entry in entries.items()}
     # Data parallel: each rank takes its share. Context parallel: all ranks make every video together.
     share = list(entries.values()) if config.context_parallel != "none" else shard_of(list(entries.values()))
+    if _writes_outputs(config):
+        remove_stale_temporaries(config.out)
     todo = [e for e in share if not (config.out / f"{e.id}.mp4").is_file()]
     logger.info("%d of %d entries to generate in %s", len(todo), len(entries), config.out)
     if not todo:
@@ -329,6 +332,9 @@ def run_extract_mllm(config: ExtractMLLMConfig) -> Path:
     entries = load_manifest(config.manifest)
     out_manifest = config.out_manifest or config.out / config.manifest.name
     ensure_writable_dir(config.out / "probe.pt")
+    ensure_writable_dir(out_manifest)
+    for folder in {config.out, out_manifest.parent}:
+        remove_stale_temporaries(folder)
     images = {entry_id: resolve_images(entry, config.images_dir) for entry_id, entry in entries.items()}
     mllm, processor, device = _load_mllm(config)
 

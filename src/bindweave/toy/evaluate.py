@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bindweave.config import field, to_dict
-from bindweave.io.files import atomic_write_json, atomic_write_text
+from bindweave.io.files import atomic_write_json, atomic_write_text, ensure_writable_dir
 from bindweave.io.video import write_video
 
 from .ablation import ABLATIONS, AblatedBindWeavePipeline
@@ -154,7 +154,7 @@ def run_toy_eval(config: ToyEvalConfig) -> dict[str, dict[str, float]]:
     from bindweave.pipeline import BindWeavePipeline
 
     config.validate()
-    config.out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(config.out / "results.json")  # created by the first file written
     pipe = BindWeavePipeline.from_pretrained(config.model, torch_dtype=torch.float32)
     config = with_model_guidance(config, pipe)
     results = toy_eval(pipe, config)
