@@ -144,6 +144,7 @@ def test_rerun_with_other_settings_is_refused(model_dir, inputs, tmp_path, monke
             (["--fps", "8"], "--fps 16 -> 8"),
             (["--dtype", "bfloat16"], "--dtype 'float32' -> 'bfloat16'"),
             (["--cache", "first-block"], "--cache 'none' -> 'first-block'"),
+            (["--precision", "released"], "--precision 'float32' -> 'released'"),
         ]:
             caplog.clear()
             assert cli.main([*args, *change]) == 1, change
