@@ -261,6 +261,8 @@ def test_remove_stale_temporaries_rules(tmp_path: Path) -> None:
     }
     for name in files:
         (tmp_path / name).write_text("x")
+    (tmp_path / f".j.mp4.tmp-{host}-{dead}-0123abcd.mp4").mkdir()  # a folder: not one of our files
+    files[f".j.mp4.tmp-{host}-{dead}-0123abcd.mp4"] = False
     for name in (f".d.mp4.tmp-otherhost-{dead}-0123abcd.mp4", f".f.json.tmp-{dead}-0123abcd.json", "i.mp4"):
         os.utime(tmp_path / name, (two_hours_ago, two_hours_ago))
     assert remove_stale_temporaries(tmp_path / "missing") == []

@@ -83,7 +83,7 @@ def _pid_alive(pid: int) -> bool:
 def _is_stale_temporary(path: Path, now: float) -> bool:
     """Whether ``path`` is one of our temporary files whose writer is gone (never one still in use)."""
     match = _TEMP_NAME.fullmatch(path.name)
-    if match is None or (match["suffix"] or "") != Path(match["target"]).suffix:
+    if match is None or (match["suffix"] or "") != Path(match["target"]).suffix or not path.is_file():
         return False
     if _pid_alive(int(match["pid"])):
         return False  # running here (or a pid now reused): keep
