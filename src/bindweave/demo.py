@@ -37,13 +37,14 @@ def run_demo(config: DemoConfig) -> tuple[Path, Path]:
     import torch
 
     from .generate import load_pipeline
-    from .io.files import ensure_writable_dir
+    from .io.files import ensure_writable_dir, remove_stale_temporaries
     from .io.strip import write_strip
     from .io.video import write_video
 
     config.validate()
     video_path, strip_path = config.out / "demo.mp4", config.out / "demo.png"
     ensure_writable_dir(video_path)
+    remove_stale_temporaries(config.out)
     if config.uses_default_model:
         print(default_model_notice())
     pipe = load_pipeline(config)

@@ -19,7 +19,7 @@ from .default_model import default_model_notice
 from .generate import resolve_dtype
 from .generate_config import ExtractMLLMConfig
 from .interrupt import interrupt_message
-from .io.files import atomic_torch_save, ensure_writable_dir
+from .io.files import atomic_torch_save, ensure_writable_dir, remove_stale_temporaries
 from .io.manifest import load_manifest, resolve_images, save_manifest, with_fields
 from .preflight import check_manifest_references, resolve_device
 
@@ -46,6 +46,8 @@ def run_extract_mllm(config: ExtractMLLMConfig) -> Path:
     entries = load_manifest(config.manifest)
     out_manifest = config.out_manifest or config.out / config.manifest.name
     ensure_writable_dir(config.out / "probe.pt")
+    for folder in {config.out, out_manifest.parent}:
+        remove_stale_temporaries(folder)
     images = {entry_id: resolve_images(entry, config.images_dir) for entry_id, entry in entries.items()}
     check_manifest_references(images)
     mllm, processor, device = _load_mllm(config)

@@ -33,8 +33,9 @@ from .generate_config import (
     check_seed,
 )
 from .interrupt import interrupt_message
-from .io.files import atomic_write_json, ensure_writable_dir
-from .io.manifest import load_manifest, resolve_images
+from .io.files import atomic_write_json, ensure_writable_dir, remove_stale_temporaries
+from .io.manifest import ManifestEntry, load_manifest, resolve_images
+from .io.run_record import check_rerun, record_path, recorded_settings, setting_differences, video_settings
 from .io.video import write_video
 from .perf.config import apply_perf_config
 from .preflight import (
@@ -123,6 +124,7 @@ def run_generate(config: GenerateConfig) -> Path:
     """Generate one video to ``config.out`` (an H.264 mp4)."""
     config.validate()
     _check_mp4_path(config.out)
+    remove_stale_temporaries(config.out.parent)
     references = load_references(config.refs)  # fail on a bad image before loading any model
     negative_states = check_generate_inputs(config, config.saved_model())
     _announce_default_model(config)
@@ -200,7 +202,8 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
 
     Under torchrun each rank takes its share (:func:`shard_of`); every video uses the same fixed seed,
     so a video does not depend on the sharding. A run record (config, versions, timings) is written
-    beside the videos.
+    beside the videos; a rerun whose settings differ from it is refused unless ``overwrite``
+    (:func:`bindweave.io.run_record.check_rerun`).
     """
     config.validate()
     entries = load_manifest(config.manifest)
@@ -208,9 +211,14 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
     # Every image is checked before hours of generation start.
     images = {entry_id: resolve_images(entry, config.images_dir) for entry_id, entry in entries.items()}
     check_manifest_references(images)
+    settings = _video_settings(config)
+    stale_records = check_rerun(config.out, settings, overwrite=config.overwrite)
     # Data parallel: each rank takes its share. Context parallel: all ranks make every video together.
     share = list(entries.values()) if config.context_parallel != "none" else shard_of(list(entries.values()))
-    todo = [e for e in share if not (config.out / f"{e.id}.mp4").is_file()]
+    if _writes_outputs(config):
+        _clear_outputs(config, share, stale_records)
+    # With --overwrite every rank must agree on the whole share whether or not rank 0 deleted it yet.
+    todo = share if config.overwrite else [e for e in share if not (config.out / f"{e.id}.mp4").is_file()]
     logger.info("%d of %d entries to generate in %s", len(todo), len(entries), config.out)
     if not todo:
         return []
@@ -232,11 +240,32 @@ def run_manifest(config: RunManifestConfig) -> list[Path]:
         seconds[entry.id] = round(time.perf_counter() - start, 3)
         if _writes_outputs(config):
             written.append(write_video(frames, config.out / f"{entry.id}.mp4", fps=config.fps))
-            _write_run_record(config, pipe, seconds)
+            _write_run_record(config, pipe, seconds, settings)
     return written
 
 
-def _write_run_record(config: RunManifestConfig, pipe, seconds: dict[str, float]) -> Path:
+def _video_settings(config: RunManifestConfig) -> dict:
+    """The settings the videos depend on (:func:`bindweave.io.run_record.video_settings`)."""
+    device = torch.device("cuda") if config.context_parallel != "none" else resolve_device(config.device)
+    dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+    return video_settings(to_dict(config), dtype)
+
+
+def _clear_outputs(config: RunManifestConfig, share: list[ManifestEntry], stale_records: list[Path]) -> None:
+    """Before generating: remove killed writes' temporary files and records that describe no video; with
+    ``overwrite``, also this process's videos and its own record (it restarts the timings)."""
+    remove_stale_temporaries(config.out)
+    removed = list(stale_records)
+    if config.overwrite:
+        rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        removed.append(record_path(config.out, rank, world_size))
+        for entry in share:
+            (config.out / f"{entry.id}.mp4").unlink(missing_ok=True)
+    for path in removed:
+        path.unlink(missing_ok=True)
+
+
+def _write_run_record(config: RunManifestConfig, pipe, seconds: dict[str, float], settings: dict) -> Path:
     """``run_record[.rankN].json`` beside the videos: what produced them, with which versions, how fast."""
     import diffusers
     import transformers
@@ -244,11 +273,14 @@ def _write_run_record(config: RunManifestConfig, pipe, seconds: dict[str, float]
     from . import __version__
 
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    path = config.out / ("run_record.json" if world_size == 1 else f"run_record.rank{rank}.json")
-    if path.is_file():  # a resumed run keeps the timings of the videos made before
-        seconds = {**json.loads(path.read_text()).get("seconds_per_video", {}), **seconds}
+    path = record_path(config.out, rank, world_size)
+    if path.is_file():  # a resumed run keeps the timings of the videos made before with these settings
+        previous = json.loads(path.read_text())
+        if not setting_differences(recorded_settings(previous), settings):
+            seconds = {**previous.get("seconds_per_video", {}), **seconds}
     record = {
         "config": to_dict(config),
+        "video_settings": settings,
         # Paths and tuples inside the configs become strings and lists.
         "model": json.loads(
             json.dumps({"transformer": pipe.transformer.config, "pipeline": pipe.config}, default=str)

@@ -170,6 +170,11 @@ class RunManifestConfig(ModelConfig, SamplingConfig):
     manifest: Path = field(help="test_case.json-format manifest: id -> {img_paths, prompt, ...}")
     images_dir: Path = field(help="folder the manifest's img_paths are relative to")
     out: Path = field(help="output folder; each entry is written to <id>.mp4")
+    overwrite: bool = field(
+        False,
+        help="delete the manifest's videos in --out and generate them all again (needed to change a "
+        "setting recorded in its run_record.json; to resume an interrupted --overwrite run, omit it)",
+    )
 
     def validate(self) -> None:
         """Every rule that needs no model: sampling settings, model options, the images folder."""

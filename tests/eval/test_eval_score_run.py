@@ -188,3 +188,15 @@ def test_cli_options_derive_from_the_config():
     config = from_namespace(EvalScoreConfig, args)
     assert config.metrics == ["motion_amplitude", "natural"] and config.judge_runs == 3
     assert config.videos_dir == Path("v") and config.models_dir is None
+
+
+def test_a_run_failing_before_any_result_leaves_no_output_folder(eval_case):
+    root, videos, manifest = eval_case
+
+    def broken_scorer(sample):
+        raise RuntimeError("CUDA out of memory")
+
+    config = EvalScoreConfig(videos, manifest, root / "out", metrics=["motion_amplitude"])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_score(config, scorers={"motion_amplitude": broken_scorer})
+    assert not (root / "out").exists()

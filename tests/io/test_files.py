@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +23,7 @@ from bindweave.io.files import (
     atomic_write_json,
     atomic_write_text,
     ensure_writable_dir,
+    remove_stale_temporaries,
 )
 
 
@@ -28,7 +35,8 @@ def test_atomic_write_temp_name_is_hidden_sibling_keeping_suffix(tmp_path: Path)
     target = tmp_path / "x.mp4"
     with atomic_write(target) as tmp:
         assert tmp.parent == target.parent
-        assert re.fullmatch(rf"\.x\.mp4\.tmp-{os.getpid()}-[0-9a-f]+\.mp4", tmp.name), tmp.name
+        host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+        assert re.fullmatch(rf"\.x\.mp4\.tmp-{re.escape(host)}-{os.getpid()}-[0-9a-f]{{8}}\.mp4", tmp.name)
         assert not target.exists()
         tmp.write_bytes(b"data")
     assert target.read_bytes() == b"data"
@@ -91,11 +99,32 @@ def test_atomic_torch_save_round_trip(tmp_path: Path) -> None:
     assert _leftovers(target.parent) == []
 
 
-def test_ensure_writable_dir_creates_parent(tmp_path: Path) -> None:
+def test_ensure_writable_dir_creates_nothing(tmp_path: Path) -> None:
+    """A run that fails after the check (bad input, no GPU) must not leave empty folders behind."""
     target = tmp_path / "new" / "deep" / "case.mp4"
     assert ensure_writable_dir(target) == target.parent
-    assert target.parent.is_dir()
-    assert list(target.parent.iterdir()) == []  # the probe file is cleaned up
+    assert list(tmp_path.iterdir()) == []  # neither the folders nor the probe file
+    existing = tmp_path / "out.mp4"
+    assert ensure_writable_dir(existing) == tmp_path and list(tmp_path.iterdir()) == []
+
+
+def test_ensure_writable_dir_missing_parent_below_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(UnwritablePathError, match="is not a directory"):
+        ensure_writable_dir(blocker / "sub" / "out.mp4")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores directory permissions")
+def test_ensure_writable_dir_missing_parent_under_read_only_dir(tmp_path: Path) -> None:
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    try:
+        with pytest.raises(UnwritablePathError, match="where .* would be created"):
+            ensure_writable_dir(read_only / "new" / "out.mp4")
+    finally:
+        read_only.chmod(0o700)
 
 
 def test_ensure_writable_dir_parent_is_a_file(tmp_path: Path) -> None:
@@ -163,3 +192,80 @@ def test_atomic_folder_renames_into_place_only_on_success(tmp_path):
         (staged / "b.txt").write_text("two")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+# ------------------------------------------------------------------------------------ stale temporaries
+
+# Runs write_video with an encoder that writes a real partial mp4 and then hangs, like a killed encode.
+_HANGING_WRITER = """
+import sys, time
+import numpy as np
+from bindweave.io import video
+real_encode = video._encode_h264
+def encode_and_hang(frames, path, fps, crf):
+    real_encode(frames[:2], path, fps, crf)
+    print("writing", flush=True)
+    time.sleep(600)
+video._encode_h264 = encode_and_hang
+video.write_video(np.zeros((4, 16, 16, 3), np.uint8), sys.argv[1])
+"""
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+
+
+def test_sweep_removes_the_temp_file_of_a_killed_write_but_never_a_live_one(tmp_path: Path) -> None:
+    from bindweave.io.video import read_video, write_video
+
+    target = tmp_path / "case.mp4"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _HANGING_WRITER, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        (temp,) = _leftovers(tmp_path)
+        # Another process (a concurrent rank) sweeps and writes the same file meanwhile: the live temp stays.
+        assert remove_stale_temporaries(tmp_path) == []
+        write_video(np.full((2, 16, 16, 3), 200, np.uint8), target)
+        assert _leftovers(tmp_path) == [temp]
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert _leftovers(tmp_path) == [temp]  # SIGKILL: nobody could remove it
+    assert remove_stale_temporaries(tmp_path) == [tmp_path / temp]  # the rerun's sweep
+    assert _leftovers(tmp_path) == []
+    assert read_video(target)[0].shape == (2, 16, 16, 3)
+
+
+def test_remove_stale_temporaries_rules(tmp_path: Path) -> None:
+    dead, alive, host = _dead_pid(), os.getpid(), _host()
+    two_hours_ago = time.time() - 2 * 3600
+    files = {
+        f".a.mp4.tmp-{host}-{dead}-0123abcd.mp4": True,  # this host, writer gone
+        f".b.mp4.tmp-{host}-{alive}-0123abcd.mp4": False,  # this host, writer running
+        f".c.mp4.tmp-otherhost-{dead}-0123abcd.mp4": False,  # another node's, recently written
+        f".d.mp4.tmp-otherhost-{dead}-0123abcd.mp4": True,  # another node's, untouched for 2 h
+        f".e.json.tmp-{dead}-0123abcd.json": False,  # old-style name (no host), recent
+        f".f.json.tmp-{dead}-0123abcd.json": True,  # old-style name, untouched for 2 h
+        f".g.mp4.tmp-{host}-{dead}-0123abcd.json": False,  # suffix is not the target's: not ours
+        f".h.mp4.tmp-{host}-{dead}-notahex.mp4": False,
+        "i.mp4": False,
+        ".write-probe-abc": False,
+    }
+    for name in files:
+        (tmp_path / name).write_text("x")
+    (tmp_path / f".j.mp4.tmp-{host}-{dead}-0123abcd.mp4").mkdir()  # a folder: not one of our files
+    files[f".j.mp4.tmp-{host}-{dead}-0123abcd.mp4"] = False
+    for name in (f".d.mp4.tmp-otherhost-{dead}-0123abcd.mp4", f".f.json.tmp-{dead}-0123abcd.json", "i.mp4"):
+        os.utime(tmp_path / name, (two_hours_ago, two_hours_ago))
+    assert remove_stale_temporaries(tmp_path / "missing") == []
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(name for name, stale in files.items() if stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, stale in files.items() if not stale)

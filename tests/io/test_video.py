@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,12 @@ def _gradient_video(num_frames: int = 9, height: int = 64, width: int = 96) -> n
     green = y * 255 / (height - 1)
     blue = (x + y) * 255 / (width + height - 2)
     return np.stack([red, green, blue], axis=-1).astype(np.uint8)
+
+
+def _moving_noise_video(num_frames: int = 17, size: int = 64) -> np.ndarray:
+    """Random texture panning diagonally: content on which x264's AVX-512 path encoded differently per run."""
+    texture = np.random.default_rng(0).integers(0, 256, (2 * size, 2 * size, 3), dtype=np.uint8)
+    return np.stack([np.roll(texture, (2 * t, 3 * t), (0, 1))[:size, :size] for t in range(num_frames)])
 
 
 def _no_leftovers(folder: Path) -> bool:
@@ -53,13 +62,60 @@ def test_round_trip_float_tensor(tmp_path: Path, dtype: torch.dtype) -> None:
     assert np.abs(decoded.astype(np.int16) - frames).mean() < 3.0
 
 
+# Writes frames in a fresh process. MALLOC_PERTURB_ fills every new allocation with a fixed byte, so the two
+# processes start the encoder from different memory contents (it decided x264's output before the fix);
+# one of them first loads and runs the default model, the other is pinned to one CPU core.
+_WRITE_IN_FRESH_PROCESS = """
+import os, sys
+import numpy as np
+frames, out, mode = sys.argv[1:]
+if mode == "pipeline":
+    import torch
+    from bindweave.default_model import demo_prompt, demo_references
+    from bindweave.generate import ModelConfig, load_pipeline
+    pipe = load_pipeline(ModelConfig(device="cpu"))
+    pipe(demo_prompt(), demo_references(), num_inference_steps=1, num_frames=5,
+         generator=torch.Generator().manual_seed(0))
+elif hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+from bindweave.io.video import write_video
+write_video(np.load(frames), out)
+"""
+
+
+def test_same_frames_give_the_same_file(tmp_path: Path) -> None:
+    frames = _moving_noise_video()
+    np.save(tmp_path / "frames.npy", frames)
+    outputs = []
+    for perturb, mode in (("17", "one-core"), ("200", "pipeline")):
+        out = tmp_path / f"{mode}.mp4"
+        subprocess.run(
+            [sys.executable, "-c", _WRITE_IN_FRESH_PROCESS, str(tmp_path / "frames.npy"), str(out), mode],
+            check=True,
+            env={**os.environ, "MALLOC_PERTURB_": perturb},
+        )
+        outputs.append(out.read_bytes())
+    here = write_video(frames, tmp_path / "here.mp4").read_bytes()
+    assert write_video(frames, tmp_path / "again.mp4").read_bytes() == here
+    assert outputs[0] == here and outputs[1] == here
+    assert b"threads=8 " in here  # x264's settings string, stored in the stream: not the core count
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_x264_kept_off_avx512(monkeypatch: pytest.MonkeyPatch, avx512: bool) -> None:
+    monkeypatch.setattr(video, "_cpu_has_avx512", lambda: avx512)
+    expected = {"crf": "10", "x264-params": "asm=AVX2"} if avx512 else {"crf": "10"}
+    assert video.x264_options(10) == expected
+
+
 def test_non_integer_fps(tmp_path: Path) -> None:
     path = write_video(_gradient_video(num_frames=4), tmp_path / "ntsc.mp4", fps=30000 / 1001)
     assert probe_video(path).fps == pytest.approx(29.97, abs=0.01)
 
 
 def test_quality_maps_like_imageio() -> None:
-    assert quality_to_crf(8) == 10  # the reference pipeline's setting
+    assert quality_to_crf(8) == 10  # our default (Wan's cache_video)
+    assert quality_to_crf(6) == 20  # the release's inference_s2v.py
     assert quality_to_crf(5) == 25  # imageio's default
     assert quality_to_crf(10) == 0
     with pytest.raises(ValueError, match="quality"):

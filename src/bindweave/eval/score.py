@@ -39,7 +39,12 @@ from tqdm import tqdm
 from bindweave.eval.score_config import EvalScoreConfig
 from bindweave.eval.scorers.base import Scored, VideoSample, category_of
 from bindweave.eval.scores import DISPLAY_NAMES, METRICS, Aggregate, aggregate, weights_for
-from bindweave.io.files import atomic_write_json, atomic_write_text
+from bindweave.io.files import (
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_dir,
+    remove_stale_temporaries,
+)
 from bindweave.io.manifest import ManifestEntry, load_manifest
 
 log = logging.getLogger(__name__)
@@ -370,7 +375,9 @@ def run_score(
     if not config.videos_dir.is_dir():
         raise FileNotFoundError(f"videos_dir {config.videos_dir} is not a folder")
     per_video_dir = config.output_dir / PER_VIDEO_DIR
-    per_video_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(per_video_dir / "probe.json")  # created by the first record written
+    for folder in (config.output_dir, per_video_dir):
+        remove_stale_temporaries(folder)
 
     samples: list[VideoSample] = []
     missing_videos: list[str] = []

@@ -5,16 +5,21 @@ pre-emption) looks like a finished file to every later step that only checks exi
 overwritten-but-truncated manifest loses work that already existed. Everything here therefore writes to
 a temporary file next to the target and renames it into place only once the write has fully succeeded:
 ``os.replace`` is atomic within one filesystem, so the target is always either the old file or the
-complete new one.
+complete new one. A writer killed outright (SIGKILL, OOM killer) cannot remove its temporary file:
+each job sweeps its output folders with :func:`remove_stale_temporaries` when it starts, which removes
+such files once their writer is provably gone (never one another process is still writing).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +33,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "ensure_writable_dir",
+    "remove_stale_temporaries",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -37,14 +43,78 @@ class UnwritablePathError(PermissionError):
     """An output path cannot be written (permissions, read-only filesystem, a file where a dir should be)."""
 
 
+STALE_AFTER_S = 3600.0
+"""A temporary file whose writer's liveness cannot be checked (another host, or a name from before the
+host was part of it) counts as abandoned once it has not been modified for this long. Writers modify
+their file continuously until the rename, so an hour of silence means the writer is gone."""
+
+_TEMP_NAME = re.compile(
+    r"\.(?P<target>.+)\.tmp-(?:(?P<host>[A-Za-z0-9_.]+)-)?(?P<pid>[0-9]+)-[0-9a-f]{8}(?P<suffix>\.[^.]*)?"
+)
+
+
+def _host_tag() -> str:
+    """This machine's name as it appears in temporary file names (``-`` is the field separator)."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "host"
+
+
 def _temp_path_for(target: Path) -> Path:
-    """A hidden, unique sibling of ``target`` that keeps its suffix.
+    """A hidden, unique sibling of ``target`` that keeps its suffix and names its writer.
 
     Same directory so the final rename never crosses filesystems; the original suffix is repeated at the
-    end because some writers (ffmpeg/PyAV, ``PIL.Image.save``) choose the format from the extension.
+    end because some writers (ffmpeg/PyAV, ``PIL.Image.save``) choose the format from the extension. Host
+    and pid say whose file it is, so a later run can tell an abandoned one from one still being written
+    (by another torchrun rank, possibly on another node sharing the folder).
     """
     token = secrets.token_hex(4)
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{token}{target.suffix}")
+    return target.with_name(f".{target.name}.tmp-{_host_tag()}-{os.getpid()}-{token}{target.suffix}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _is_stale_temporary(path: Path, now: float) -> bool:
+    """Whether ``path`` is one of our temporary files whose writer is gone (never one still in use)."""
+    match = _TEMP_NAME.fullmatch(path.name)
+    if match is None or (match["suffix"] or "") != Path(match["target"]).suffix or not path.is_file():
+        return False
+    if _pid_alive(int(match["pid"])):
+        return False  # running here (or a pid now reused): keep
+    if match["host"] == _host_tag():
+        return True  # written on this host by a process that no longer exists
+    # Another host's (or an old-style) file: its process is not visible from here, so only age tells.
+    try:
+        return now - path.stat().st_mtime > STALE_AFTER_S
+    except FileNotFoundError:  # its writer just renamed or removed it
+        return False
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Remove the temporary files :func:`atomic_write` left in ``folder`` when their writer was killed.
+
+    Only files of our naming pattern whose writer is gone: written on this host, its pid is not running;
+    written elsewhere, untouched for :data:`STALE_AFTER_S`. Returns the removed paths; a missing folder
+    has none. Lists the folder once: call it when a job starts, not per file (a feature cache holds
+    millions of files).
+    """
+    folder = Path(folder)
+    try:
+        candidates = [p for p in folder.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    now, removed = time.time(), []
+    for path in candidates:
+        if _is_stale_temporary(path, now):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _fsync_file(path: Path) -> None:
@@ -125,10 +195,13 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
 
 
 def ensure_writable_dir(path: PathLike) -> Path:
-    """Create the parent directory of the output file ``path`` and prove it is writable; return it.
+    """Check that the output file ``path`` can be written, creating nothing; return its parent directory.
 
     Meant to be called at start-up, before hours of generation, so a typo or a read-only mount fails in
-    seconds instead of at the first save. Writability is tested by actually creating (and deleting) a
+    seconds instead of at the first save. Nothing is created, so a run that fails later (a bad input, no
+    GPU) leaves no empty output folder behind: the folders are made by the first write. Where the parent
+    does not exist yet, its nearest existing ancestor must be a writable directory (that is where the
+    first missing folder will be created). Writability is tested by actually creating (and deleting) a
     probe file, because ``os.access`` says yes to root even on read-only filesystems.
 
     Raises:
@@ -138,17 +211,22 @@ def ensure_writable_dir(path: PathLike) -> Path:
     parent = target.parent
     if target.is_dir():
         raise UnwritablePathError(f"output path {target} is an existing directory, expected a file path")
+    existing = parent.absolute()
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is not a directory")
     except OSError as exc:
         raise UnwritablePathError(
             f"cannot create the directory {parent} for output {target}: {exc.strerror or exc}"
         ) from exc
     try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-probe-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-probe-"):
             pass
     except OSError as exc:
+        where = parent if existing == parent.absolute() else f"{existing} (where {parent} would be created)"
         raise UnwritablePathError(
-            f"output directory {parent} (for {target}) is not writable: {exc.strerror or exc}"
+            f"output directory {where} (for {target}) is not writable: {exc.strerror or exc}"
         ) from exc
     return parent

@@ -4,10 +4,16 @@ Encoding uses PyAV's libx264 with yuv420p, the format of the released results (H
 every player and the OpenS2V scripts (imageio/ffmpeg, OpenCV) decode. Files are written through
 :func:`bindweave.io.files.atomic_write`, so an interrupted encode never leaves a truncated ``<id>.mp4``
 that a resumed run would mistake for a finished case.
+
+The same frames give the same file (:func:`x264_options`): x264's thread count is fixed rather than
+derived from the machine's cores, and on CPUs with AVX-512 x264 is kept to its AVX2 kernels. On its
+AVX-512 path the x264 in PyAV's wheel made the bytes, and the decoded pixels, depend on what the process
+had allocated before (a loaded pipeline, an earlier encode), as if it read uninitialised memory.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,10 +33,20 @@ __all__ = [
     "read_video",
     "sample_frame_indices",
     "write_video",
+    "x264_options",
 ]
 
 DEFAULT_QUALITY = 8.0
-"""imageio's 0-10 quality scale; Wan/BindWeave's reference ``cache_video`` saves with quality 8."""
+"""imageio's 0-10 quality scale (CRF 10). Not the release's setting: its ``inference_s2v.py`` writes
+imageio ``quality=6`` (CRF 20); Wan's ``cache_video`` uses 8. We keep 8 so that what is scored and
+viewed is closer to the generated frames; pass ``quality=6`` to compress like the released files."""
+
+ENCODER_THREADS = 8
+"""x264 frame threads. Fixed, because x264's output depends on its thread count (and PyAV's default
+derives it from the cores): the same frames must give the same file on every machine."""
+
+# x264's AVX-512 kernels need all of these; x264 chooses them when the CPU (and OS) has them.
+_AVX512_FLAGS = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
 
 
 @dataclass(frozen=True)
@@ -47,8 +63,8 @@ class VideoInfo:
 def quality_to_crf(quality: float) -> int:
     """Map imageio's 0-10 quality (10 best) to an x264 CRF exactly as imageio-ffmpeg does.
 
-    Keeping imageio's scale means our files match what the reference code (imageio, ``quality=8`` ->
-    CRF 10) writes, so metrics are not shifted by a different compression level.
+    Keeping imageio's scale makes the reference code's settings directly usable: the release's
+    ``quality=6`` is CRF 20, our default 8 is CRF 10.
     """
     if not 0 <= quality <= 10:
         raise ValueError(f"quality must be in [0, 10] (imageio scale, 10 = best), got {quality}")
@@ -104,14 +120,44 @@ def _frame_to_uint8(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
+@functools.cache
+def _cpu_has_avx512() -> bool:
+    """Whether this CPU has the AVX-512 subsets x264 uses (Linux: the kernel's flags; elsewhere: no)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return _AVX512_FLAGS <= set(flags)
+
+
+def x264_options(crf: int) -> dict[str, str]:
+    """The libx264 options :func:`write_video` encodes with.
+
+    On an AVX-512 CPU x264 is limited to its AVX2 kernels (every AVX-512 CPU has AVX2). Its AVX-512 path
+    makes the output depend on the prior contents of freshly allocated memory: two encodes of the same
+    frames in different processes, or after other allocations in one process, differed, while filling
+    new allocations with a fixed byte (glibc's ``MALLOC_PERTURB_``) made each result reproducible, and
+    limiting x264 to AVX2 made them all equal. Only where AVX-512 exists, because naming AVX2 on a CPU
+    without it would make x264 run instructions the CPU lacks.
+    """
+    options = {"crf": str(crf)}
+    if _cpu_has_avx512():
+        options["x264-params"] = "asm=AVX2"
+    return options
+
+
 def _encode_h264(frames: np.ndarray, path: Path, fps: float, crf: int) -> None:
-    """Encode ``frames`` (validated) to an H.264/yuv420p mp4 at ``path``."""
+    """Encode ``frames`` (validated) to an H.264/yuv420p mp4 at ``path``; same frames, same bytes."""
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
+        stream.options = x264_options(crf)
+        # Frame threads as ffmpeg uses for x264 (PyAV's default is slice threads, one slice per core).
+        stream.codec_context.thread_type = "FRAME"
+        stream.codec_context.thread_count = ENCODER_THREADS
         for frame in frames:
             video_frame = av.VideoFrame.from_ndarray(_frame_to_uint8(frame), format="rgb24")
             container.mux(stream.encode(video_frame))

@@ -23,7 +23,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from bindweave.io.files import atomic_write, atomic_write_json
+from bindweave.io.files import atomic_write, atomic_write_json, remove_stale_temporaries
 
 from .config import DataConfig, config_to_dict
 from .data import StageDataset
@@ -91,6 +91,8 @@ class FeatureCacheWriter:
     def __init__(self, root: Path, settings: dict[str, Any]):
         self.root = Path(root)
         (self.root / "clips").mkdir(parents=True, exist_ok=True)
+        for folder in (self.root, self.root / "clips"):  # what killed writers of a previous run left
+            remove_stale_temporaries(folder)
         if (self.root / SETTINGS_NAME).is_file():
             _check_settings(self.root, settings)
         else:
