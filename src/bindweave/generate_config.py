@@ -28,7 +28,9 @@ __all__ = [
     "RunManifestConfig",
     "SamplingConfig",
     "WeightsConfig",
+    "check_guidance",
     "check_seed",
+    "check_video_size",
 ]
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -124,20 +126,29 @@ class SamplingConfig:
     fps: int = field(16, help="frame rate of the written mp4")
 
     def validate(self) -> None:
-        """The size rules that need no model, checked before any weights are loaded."""
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and (value <= 0 or value % 16):
-                raise ValueError(f"--{name} must be a positive multiple of 16, got {value}")
-        if self.num_frames is not None and (self.num_frames < 1 or (self.num_frames - 1) % 4):
-            raise ValueError(f"--num-frames must be 4k + 1 (e.g. 81), got {self.num_frames}")
+        """The sampling rules that need no model, checked before any weights are loaded."""
+        check_video_size(self.height, self.width, self.num_frames)
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 1):
-            raise ValueError(f"--guidance must be a number >= 1, got {self.guidance}")
+        check_guidance(self.guidance)
         check_seed(self.seed)
         if self.fps < 1:
             raise ValueError(f"--fps must be >= 1, got {self.fps}")
+
+
+def check_video_size(height: int | None, width: int | None, num_frames: int | None) -> None:
+    """Sizes in multiples of 16 and ``4k + 1`` frames; ``None`` (the model's own) passes."""
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (value <= 0 or value % 16):
+            raise ValueError(f"--{name} must be a positive multiple of 16, got {value}")
+    if num_frames is not None and (num_frames < 1 or (num_frames - 1) % 4):
+        raise ValueError(f"--num-frames must be 4k + 1 (e.g. 81), got {num_frames}")
+
+
+def check_guidance(guidance: float | None, flag: str = "--guidance") -> None:
+    """A finite guidance scale >= 1 (1 turns the negative branch off); ``None`` (the model's own) passes."""
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 1):
+        raise ValueError(f"{flag} must be a number >= 1, got {guidance}")
 
 
 def check_seed(seed: int, flag: str = "--seed") -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 from ..config import field
-from ..generate_config import Dtype, check_seed
+from ..generate_config import Dtype, check_guidance, check_seed, check_video_size
 from .config import PerfConfig
 
 __all__ = ["DEFAULT_VIDEO", "BenchConfig", "BenchSize"]
@@ -49,15 +48,9 @@ class BenchConfig(PerfConfig):
     def validate(self) -> None:
         """Every setting that can be checked before the model is built."""
         self.validate_perf()
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and (value <= 0 or value % 16):
-                raise ValueError(f"--{name} must be a positive multiple of 16, got {value}")
-        if self.num_frames is not None and (self.num_frames < 1 or (self.num_frames - 1) % 4):
-            raise ValueError(f"--num-frames must be 4k + 1, got {self.num_frames}")
+        check_video_size(self.height, self.width, self.num_frames)
         for name in ("mllm_tokens", "steps", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.guidance) and self.guidance >= 1):
-            raise ValueError(f"--guidance must be a number >= 1, got {self.guidance}")
+        check_guidance(self.guidance)
         check_seed(self.seed)

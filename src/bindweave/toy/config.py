@@ -5,13 +5,12 @@ No torch here: the CLI builds its parsers from these configs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from bindweave.config import field
-from bindweave.generate_config import check_seed
+from bindweave.generate_config import check_guidance, check_seed
 
 __all__ = ["VARIANTS", "ToyBaseConfig", "ToyDataConfig", "ToyEvalConfig"]
 
@@ -60,9 +59,6 @@ class ToyEvalConfig:
             raise ValueError(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
         if self.num_samples < 1 or self.steps < 1:
             raise ValueError(f"--num-samples and --steps must be >= 1, got {self.num_samples}, {self.steps}")
-        if self.guidance_scale is not None and not (
-            math.isfinite(self.guidance_scale) and self.guidance_scale >= 1
-        ):
-            raise ValueError(f"--guidance-scale must be a number >= 1, got {self.guidance_scale}")
+        check_guidance(self.guidance_scale, "--guidance-scale")
         check_seed(self.world_seed, "--world-seed")
         check_seed(self.init_seed, "--init-seed")
