@@ -54,8 +54,10 @@ def test_gme_score_is_mean_text_frame_similarity():
     frames = np.stack([_solid("red")] * 3 + [_solid("green")])
     gme = ColourGme()
     sample = VideoSample.from_frames("singleobj_1", frames, prompt="red")
-    assert GmeScorer(gme, num_frames=32)(sample) == pytest.approx(0.75)
-    assert gme.instructions == [GME_TEXT_INSTRUCTION]
+    assert GmeScorer(gme, num_frames=4)(sample) == pytest.approx(0.75)
+    # 32 benchmark samples of 4 frames (linspace(0, 3, 32, dtype=int)): frame 3, the green one, once.
+    assert GmeScorer(gme, num_frames=32)(sample) == pytest.approx(31 / 32)
+    assert gme.instructions == [GME_TEXT_INSTRUCTION] * 2
 
 
 def test_gme_needs_a_prompt():
@@ -89,7 +91,7 @@ def test_nexus_score_divides_by_frames_with_detections(references):
         reference_paths=[references["red"], references["green"]],
         class_labels=["Red", "Green"],
     )
-    scorer = NexusScorer(ColourDetector({"red": 0.9, "green": 0.55}), ColourGme(), num_frames=32)
+    scorer = NexusScorer(ColourDetector({"red": 0.9, "green": 0.55}), ColourGme(), num_frames=8)
     result = scorer(sample)
     assert result.value == pytest.approx(1.0 / 8)
     assert result.details == {"frames": 8, "frames_with_detection": 8, "crops": 12, "kept": 4}
@@ -120,7 +122,7 @@ def test_nexus_skips_faces_in_face_categories(references):
         reference_paths=[references["green"], references["red"]],
         class_labels=["Man", "Red"],
     )
-    scorer = NexusScorer(ColourDetector({"red": 0.9, "green": 0.9}), ColourGme())
+    scorer = NexusScorer(ColourDetector({"red": 0.9, "green": 0.9}), ColourGme(), num_frames=4)
     assert [label for _, label in scorer.subjects(sample)] == ["Red"]
     assert scorer(sample).value == pytest.approx(1.0 / 4)  # the green "Man" is never searched
     face_only = VideoSample.from_frames(
