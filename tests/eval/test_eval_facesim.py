@@ -221,7 +221,7 @@ class _TFaceIR(torch.nn.Module):
             nn.Conv2d(3, stem, (3, 3), 1, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem)
         )
         modules, in_channel = [], stem
-        for count, depth in zip(units, widths):
+        for count, depth in zip(units, widths, strict=True):
             for i in range(count):
                 modules.append(_TFaceBasicBlockIR(in_channel, depth, 2 if i == 0 else 1))
                 in_channel = depth

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bindweave.eval.scorers.base import MissingModelFileError, VideoSample
 from bindweave.eval.scorers.gme import (
     GME_DEFAULT_INSTRUCTION,
     GME_MAX_PIXELS,
@@ -27,7 +28,6 @@ from bindweave.eval.scorers.gme import (
     gme_prompt,
     gme_smart_resize,
 )
-from bindweave.eval.scorers.base import MissingModelFileError, VideoSample
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gme_qwen2vl_tiny"
 # fp16 outputs: the texts come out bit-identical; the images differ by at most 4.9e-4 (a few fp16 ulps
