@@ -11,7 +11,7 @@ from PIL import Image
 
 cv2 = pytest.importorskip("cv2")
 
-from bindweave.eval.scorers.base import VideoSample  # noqa: E402
+from bindweave.eval.scorers.base import SkipVideo, VideoSample  # noqa: E402
 from bindweave.eval.scorers.curricularface import IRBackbone, _infer_architecture, load_curricularface  # noqa: E402
 from bindweave.eval.scorers.facesim import (  # noqa: E402
     ARCFACE_TEMPLATE,
@@ -161,7 +161,24 @@ def test_facesim_scorer_other_identity_and_no_face(tmp_path):
     no_face = VideoSample.from_frames(
         "faceobj_3", np.zeros((2, 280, 320, 3), np.uint8), reference_paths=[reference], class_labels=["Woman"]
     )
-    assert scorer(no_face).value == 0.0
+    assert scorer(no_face).value == 0.0  # no face in the video: scored 0, as the benchmark
+
+
+def test_facesim_skips_a_video_whose_reference_has_no_face(tmp_path):
+    _, photo, kps = _photo(seed=0)
+    dark = tmp_path / "crop_woman.png"
+    Image.fromarray(np.zeros((280, 320, 3), np.uint8)).save(dark)
+    sample = VideoSample.from_frames(
+        "faceobj_4", np.stack([photo] * 2), reference_paths=[dark], class_labels=["Woman"]
+    )
+    scorer = FaceSimScorer(StandInDetector(kps), _tiny_ir())
+    with pytest.raises(SkipVideo, match="no face in the human reference: .*crop_woman.png"):
+        scorer(sample)
+    no_human = VideoSample.from_frames(
+        "humanobj_1", np.stack([photo] * 2), reference_paths=[dark], class_labels=["Ball"]
+    )
+    with pytest.raises(SkipVideo, match="no human reference"):
+        scorer(no_human)
 
 
 def test_facesim_only_for_face_categories():

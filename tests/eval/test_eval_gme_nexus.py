@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bindweave.eval.scorers.base import VideoSample
+from bindweave.eval.scorers.base import SkipVideo, VideoSample
 from bindweave.eval.scorers.gme import GME_TEXT_INSTRUCTION, GmeScorer
 from bindweave.eval.scorers.nexus import Detection, NexusScorer, filter_detections, nexus_label, nms
 
@@ -145,8 +145,18 @@ def test_nexus_needs_a_label_per_reference(references):
     sample = VideoSample.from_frames("singleobj_4", _scene(2, 2), reference_paths=[references["red"]])
     scorer = NexusScorer(ColourDetector({"red": 0.9}), ColourGme())
     assert scorer.applies_to(sample)
-    with pytest.raises(ValueError, match="class_label"):
+    with pytest.raises(SkipVideo, match="computation failed: ValueError: .*class_label") as info:
         scorer(sample)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_nexus_drops_a_video_whose_computation_fails(references, tmp_path):
+    """The benchmark wraps each video in try/except and leaves failed ones out: so do we, with the reason."""
+    sample = VideoSample.from_frames(
+        "singleobj_5", _scene(2, 2), reference_paths=[tmp_path / "gone.png"], class_labels=["Red"]
+    )
+    with pytest.raises(SkipVideo, match="computation failed: FileNotFoundError: .*gone.png"):
+        NexusScorer(ColourDetector({"red": 0.9}), ColourGme())(sample)
 
 
 def test_detection_post_processing():
