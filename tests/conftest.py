@@ -48,6 +48,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip_slow)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Every test on one torch thread: tiny models run fastest so, and are not slowed by other processes.
+
+    With two threads on this shared 2-core machine, OpenMP's barriers spin while the other core serves
+    another process: a toy evaluation took 89-192 s on two threads and 7.5 s on one (measured under load).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_release(tmp_path_factory: pytest.TempPathFactory):
     """The tiny random release (seed 0): Wan I2V, BindWeave DiT (no ``config.json``) and Qwen2.5-VL folders."""

@@ -119,15 +119,6 @@ def build_config(data: dict[str, Any]) -> TrainConfig:
     return config
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and are then not slowed by other processes on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def write_config(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(json.dumps(data, indent=2))
     return path
