@@ -18,7 +18,7 @@ from pathlib import Path
 
 import PIL.Image
 import torch
-from transformers import ProcessorMixin, Qwen2_5_VLProcessor
+from transformers import AutoImageProcessor, ProcessorMixin, Qwen2_5_VLProcessor
 
 # Appended to the negative prompt for the MLLM branch only, as the released negative states were made.
 MLLM_NEGATIVE_SUFFIX = ",motionless, frozen, still image, no movement, stationary, unmoving"
@@ -53,13 +53,18 @@ class QwenVLImageProcessor(Qwen2_5_VLProcessor):
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, backend: str = "pil", **kwargs):
         """The saved processor, with the PIL image backend unless another is asked for (spec 2.5).
 
         diffusers loads a pipeline's ``mllm_processor`` through this method too.
         """
-        kwargs.setdefault("backend", "pil")
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # ``backend`` is given to the image processor alone: passed to the processor's own loading it
+        # would reach the tokenizer too, overwrite its backend ("tokenizers") and be saved with it.
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        processor.image_processor = AutoImageProcessor.from_pretrained(
+            pretrained_model_name_or_path, backend=backend, **kwargs
+        )
+        return processor
 
 
 def load_mllm_processor(path: str | os.PathLike) -> QwenVLImageProcessor:
