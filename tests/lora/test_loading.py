@@ -142,6 +142,35 @@ def test_each_format_fuses_to_the_manual_merge(pipe, tmp_path, fmt):
     assert_merged(pipe.transformer, manual_merge(base_weights, [(lora, 0.7)], table), base_weights)
 
 
+def test_musubi_tuner_keys_fuse_to_the_manual_merge(pipe, tmp_path):
+    """musubi-tuner's ``lora_unet_blocks_0_self_attn_q`` names (every projection of every block, with alpha)."""
+    full = {
+        **{f"blocks.{{i}}.{kind}_attn.{o}": (f"blocks.{{i}}.attn{n}.{c}", 16, 16)
+           for kind, n in (("self", 1), ("cross", 2))
+           for o, c in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0"))},
+        "blocks.{i}.cross_attn.k_img": ("blocks.{i}.attn2.add_k_proj", 16, 16),
+        "blocks.{i}.cross_attn.v_img": ("blocks.{i}.attn2.add_v_proj", 16, 16),
+        "blocks.{i}.ffn.0": ("blocks.{i}.ffn.net.0.proj", 16, 32),
+        "blocks.{i}.ffn.2": ("blocks.{i}.ffn.net.2", 32, 16),
+    }  # fmt: skip
+    table = {k.format(i=i): (v[0].format(i=i), v[1], v[2]) for i in (0, 1) for k, v in full.items()}
+    lora = random_lora(6, table, 8.0)
+    tensors = {}
+    for name, (a, b, alpha) in lora.items():
+        musubi = "lora_unet_" + name.replace(".", "_")
+        tensors |= {
+            f"{musubi}.lora_down.weight": a,
+            f"{musubi}.lora_up.weight": b,
+            f"{musubi}.alpha": torch.tensor(alpha),
+        }
+    save_file(tensors, tmp_path / "musubi.safetensors")
+    base_weights = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    pipe.load_lora_weights(str(tmp_path / "musubi.safetensors"), adapter_name="m")
+    pipe.fuse_lora(components=["transformer"], adapter_names=["m"])
+    pipe.unload_lora_weights()
+    assert_merged(pipe.transformer, manual_merge(base_weights, [(lora, 1.0)], table), base_weights)
+
+
 def test_several_adapters_with_weights_and_unfuse(pipe, tmp_path):
     """Two LoRAs in two formats, weighted 0.5 and -1.5: fused they add up; unfused the weights come back."""
     table = layers()
