@@ -1,7 +1,13 @@
-"""Shared test setup: the optional real-data fixtures and the ``slow`` / ``gpu`` markers.
+"""Shared test setup: the tiny model folders, the optional real-data fixtures and the ``slow`` / ``gpu`` markers.
+
+The tiny release and the tiny pipeline folder are built once per test session; tests only read them (a
+test that must change a model folder copies it first). Outputs are compared as
+:mod:`bindweave.testing.tolerance` says: bitwise only on the same storage layout, else up to float32
+rounding.
 
 Real OpenS2V artifacts live outside the repo in ``../shared`` (never copied in); tests that need them take
 the ``shared_dir`` / ``fixtures_dir`` fixtures and are skipped, with a reason, where that folder is absent.
+Set ``BINDWEAVE_SHARED_DIR`` to use another folder (a missing one simulates a checkout without it).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = (REPO_ROOT / ".." / "shared").resolve()
+SHARED_DIR = Path(os.environ.get("BINDWEAVE_SHARED_DIR", REPO_ROOT / ".." / "shared")).resolve()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,6 +46,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("slow") is not None:
                 item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Every test on one torch thread: tiny models run fastest so, and are not slowed by other processes.
+
+    With two threads on this shared 2-core machine, OpenMP's barriers spin while the other core serves
+    another process: a toy evaluation took 89-192 s on two threads and 7.5 s on one (measured under load).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny random release (seed 0): Wan I2V, BindWeave DiT (no ``config.json``) and Qwen2.5-VL folders."""
+    from bindweave.testing import build_tiny_release
+
+    return build_tiny_release(tmp_path_factory.mktemp("tiny-release"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_release, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_release`` saved as one BindWeavePipeline folder (native size 64x96x17), what ``--model`` takes."""
+    from bindweave.testing import build_tiny_random_pipeline
+
+    return build_tiny_random_pipeline(
+        tmp_path_factory.mktemp("tiny-model") / "pipeline", release=tiny_release
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,8 @@
-"""End-to-end tests of BindWeavePipeline on tiny components loaded from the released folder layouts."""
+"""End-to-end tests of BindWeavePipeline on tiny components loaded from the released folder layouts.
+
+Runs of the module's one pipeline instance are compared bitwise; a pipeline loaded another way is compared
+up to float32 rounding (:mod:`bindweave.testing.tolerance`).
+"""
 
 import logging
 
@@ -13,18 +17,18 @@ from bindweave.denoiser import Conditioning, guided_velocity, predict_velocity
 from bindweave.flow import apply_guidance
 from bindweave.models import BindWeaveTransformer3DModel
 from bindweave.pipeline import BindWeavePipeline
-from bindweave.testing import build_tiny_release, tiny_transformer_kwargs
+from bindweave.testing import (
+    assert_close_to_float32_rounding,
+    assert_differs_beyond_float32_rounding,
+    tiny_transformer_kwargs,
+)
 
 SIZE = dict(height=32, width=48, num_frames=5)
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return build_tiny_release(tmp_path_factory.mktemp("release"))
-
-
-@pytest.fixture(scope="module")
-def pipe(release):
+def pipe(tiny_release):
+    release = tiny_release
     return BindWeavePipeline.from_released(
         release.wan, release.transformer, release.mllm, torch_dtype=torch.float32, **tiny_transformer_kwargs()
     )
@@ -46,6 +50,12 @@ def run(pipe, refs, seed=0, **kwargs):
     ).frames
 
 
+@pytest.fixture(scope="module")
+def reference(pipe, refs):
+    """``run(pipe, refs)``: seed 0, 2 steps, the default guidance (5.0), computed once for the module."""
+    return run(pipe, refs)
+
+
 class ForwardSpy:
     """Records the keyword arguments of every transformer forward."""
 
@@ -63,19 +73,18 @@ class ForwardSpy:
         self.handle.remove()
 
 
-def test_output_shape_range_and_determinism(pipe, refs):
-    a = run(pipe, refs, seed=3)
-    b = run(pipe, refs, seed=3)
+def test_output_shape_range_and_determinism(pipe, refs, reference):
+    a = run(pipe, refs, seed=0)
     c = run(pipe, refs, seed=4)
     assert a.shape == (1, 5, 32, 48, 3) and a.dtype == np.float32
     assert a.min() >= 0 and a.max() <= 1
-    assert np.array_equal(a, b)
-    assert not np.array_equal(a, c)
+    assert np.array_equal(a, reference)  # the same pipeline instance: the same kernels on the same weights
+    assert_differs_beyond_float32_rounding(a, c)
 
 
 def test_cfg_runs_two_branches_that_differ_only_in_prompt_states(pipe, refs):
     with ForwardSpy(pipe.transformer) as spy:
-        run(pipe, refs, guidance_scale=5.0, num_inference_steps=2)
+        guided = run(pipe, refs, guidance_scale=5.0, num_inference_steps=2)
     assert len(spy.calls) == 4  # 2 steps x (cond, uncond)
     cond, uncond = spy.calls[0], spy.calls[1]
     # CLIP and VAE conditions are shared; umT5 and MLLM states are the negative prompt's.
@@ -88,9 +97,9 @@ def test_cfg_runs_two_branches_that_differ_only_in_prompt_states(pipe, refs):
     )
 
     with ForwardSpy(pipe.transformer) as spy:
-        run(pipe, refs, guidance_scale=1.0, num_inference_steps=2)
+        unguided = run(pipe, refs, guidance_scale=1.0, num_inference_steps=2)
     assert len(spy.calls) == 2
-    assert not np.array_equal(run(pipe, refs, guidance_scale=1.0), run(pipe, refs, guidance_scale=5.0))
+    assert_differs_beyond_float32_rounding(unguided, guided)
 
 
 def test_conditioning_shapes_follow_the_spec(pipe, refs):
@@ -180,14 +189,15 @@ def test_a_scheduler_that_ignores_the_explicit_table_is_refused(pipe, monkeypatc
         pipe.prepare_timesteps(50)
 
 
-def test_precomputed_mllm_states_without_an_mllm(release, pipe, refs):
+def test_precomputed_mllm_states_without_an_mllm(pipe, refs):
     no_mllm = BindWeavePipeline(**{**pipe.components, "mllm": None, "mllm_processor": None})
     dim = pipe.transformer.config.mllm_dim
     g = torch.Generator().manual_seed(0)
     pos, neg = torch.randn(1, 9, dim, generator=g), torch.randn(1, 11, dim, generator=g)
     a = run(no_mllm, refs, mllm_hidden_states=pos, negative_mllm_hidden_states=neg)
     b = run(no_mllm, refs, mllm_hidden_states=pos, negative_mllm_hidden_states=neg * 2)
-    assert a.shape == (1, 5, 32, 48, 3) and not np.array_equal(a, b)
+    assert a.shape == (1, 5, 32, 48, 3)
+    assert_differs_beyond_float32_rounding(a, b)
     with pytest.raises(ValueError, match="no mllm"):
         run(no_mllm, refs)
     with pytest.raises(MLLMStateError, match=f"\\(1, L, {dim}\\)"):
@@ -213,7 +223,7 @@ def test_negative_states_without_a_negative_branch_are_checked_and_named(pipe, r
     )
 
 
-def test_released_fixture_states_load_through_the_user_path(release, pipe, refs, fixtures_dir):
+def test_released_fixture_states_load_through_the_user_path(pipe, refs, fixtures_dir):
     """The real Qwen2.5-VL-7B states (1, 526, 3584) drive a tiny model built with mllm_dim=3584."""
     states = fixtures_dir / "hidden_states"
     torch.manual_seed(0)
@@ -238,12 +248,14 @@ def test_released_fixture_states_load_through_the_user_path(release, pipe, refs,
         run(small, refs, mllm_hidden_states=states / "singleface_hidden_states.pt", guidance_scale=1.0)
 
 
-def test_save_and_reload_gives_the_same_video(pipe, refs, tmp_path):
+def test_save_and_reload_gives_the_same_video(pipe, refs, reference, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     reloaded = BindWeavePipeline.from_pretrained(tmp_path / "pipe")
     assert type(reloaded.transformer) is BindWeaveTransformer3DModel
     assert reloaded.config.default_height == 720 and reloaded.config.default_num_frames == 81
-    assert np.array_equal(run(pipe, refs), run(reloaded, refs))
+    # The same weights at other addresses (from_pretrained maps one file per component, from_released the
+    # sharded DiT): other SIMD paths, so equal up to float32 rounding (measured 6.5 ulps), not bitwise.
+    assert_close_to_float32_rounding(run(reloaded, refs), reference)
 
 
 def test_defaults_are_the_paper_settings(pipe):
@@ -271,7 +283,7 @@ def test_steps_default_to_the_models_saved_count(pipe, refs, tmp_path):
     assert np.array_equal(default, run(reloaded, refs, num_inference_steps=3, guidance_scale=1.0))
 
 
-def test_guidance_defaults_to_the_models_saved_scale(pipe, refs, tmp_path):
+def test_guidance_defaults_to_the_models_saved_scale(pipe, refs, reference, tmp_path):
     unguided = BindWeavePipeline(**pipe.components, default_guidance_scale=1.0)
     unguided.save_pretrained(tmp_path / "unguided")
     reloaded = BindWeavePipeline.from_pretrained(tmp_path / "unguided")
@@ -279,8 +291,8 @@ def test_guidance_defaults_to_the_models_saved_scale(pipe, refs, tmp_path):
     with ForwardSpy(reloaded.transformer) as spy:
         default = run(reloaded, refs, guidance_scale=None)
     assert len(spy.calls) == 2  # one forward per step (2 steps): no negative branch
-    assert np.array_equal(default, run(reloaded, refs, guidance_scale=1.0))
-    assert not np.array_equal(default, run(reloaded, refs, guidance_scale=5.0))
+    assert np.array_equal(default, run(reloaded, refs, guidance_scale=1.0))  # the same instance: bitwise
+    assert_differs_beyond_float32_rounding(default, reference)  # ``reference`` is guided at 5.0
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from transformers import CLIPVisionModel
 
 from bindweave.conditioning.clip import clip_pixel_values, encode_clip, pack_clip_tokens
 from bindweave.conditioning.references import letterbox
-from bindweave.testing import ReleaseFolders, build_tiny_release
+from bindweave.testing import ReleaseFolders
 from bindweave.testing.release import TINY_CLIP_DIM, TINY_CLIP_IMAGE_SIZE, TINY_CLIP_TOKENS
 
 # Spec 2.2, written out independently of the module under test.
@@ -23,8 +23,8 @@ STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> ReleaseFolders:
-    return build_tiny_release(tmp_path_factory.mktemp("clip_release"), seed=0)
+def release(tiny_release: ReleaseFolders) -> ReleaseFolders:
+    return tiny_release  # the session's tiny release (seed 0, read only)
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,14 @@ from bindweave.conditioning.latents import (
     zero_video_condition,
 )
 from bindweave.conditioning.references import letterbox
-from bindweave.testing import ReleaseFolders, build_tiny_release
+from bindweave.testing import ReleaseFolders
 
 Z = 16  # Wan 2.1 VAE z_dim (kept by the tiny VAE)
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> ReleaseFolders:
-    return build_tiny_release(tmp_path_factory.mktemp("latents_release"), seed=0)
+def release(tiny_release: ReleaseFolders) -> ReleaseFolders:
+    return tiny_release  # the session's tiny release (seed 0, read only)
 
 
 @pytest.fixture(scope="module")

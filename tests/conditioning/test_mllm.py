@@ -28,7 +28,7 @@ from bindweave.conditioning.mllm import (
     mllm_size_problem,
     prescale_for_mllm,
 )
-from bindweave.testing import ReleaseFolders, build_tiny_release
+from bindweave.testing import ReleaseFolders
 from bindweave.testing.release import TINY_MLLM_DIM
 
 PROMPT = "A man wearing glasses walks his dog along the beach."
@@ -87,8 +87,8 @@ SMALL_PRESCALED = [(45, 60), (75, 37)]
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> ReleaseFolders:
-    return build_tiny_release(tmp_path_factory.mktemp("mllm_release"), seed=0)
+def release(tiny_release: ReleaseFolders) -> ReleaseFolders:
+    return tiny_release  # the session's tiny release (seed 0, read only)
 
 
 @pytest.fixture(scope="module")

@@ -62,9 +62,9 @@ def test_aesthetic_scorer_pipeline(aesthetic_files):
     frames = _frames(9)
     sample = VideoSample.from_frames("singleobj_1", frames)
 
-    # Independent computation: the 4 frames at linspace(0, 8, 4) = 0, 3, 5, 8 (rounded), processor ->
-    # CLIP image_embeds -> L2 normalise -> MLP -> mean.
-    images = [Image.fromarray(frames[i]) for i in (0, 3, 5, 8)]
+    # Independent computation: the 4 frames at linspace(0, 8, 4) = 0, 2.67, 5.33, 8 truncated as the
+    # benchmark does (0, 2, 5, 8), processor -> CLIP image_embeds -> L2 normalise -> MLP -> mean.
+    images = [Image.fromarray(frames[i]) for i in (0, 2, 5, 8)]
     with torch.no_grad():
         pixels = scorer.processor(images=images, return_tensors="pt")["pixel_values"]
         embeds = scorer.clip(pixel_values=pixels).image_embeds

@@ -12,14 +12,13 @@ import pytest
 from bindweave import cli
 from bindweave.io.manifest import load_manifest
 from bindweave.io.video import write_video
-from bindweave.testing import build_tiny_random_pipeline
 
 REFINED = "A red disc rolls slowly to the left across a wooden table while the camera stays still."
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_random_pipeline(tmp_path_factory.mktemp("model") / "pipeline")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir  # the session's tiny pipeline folder (read only)
 
 
 @pytest.fixture

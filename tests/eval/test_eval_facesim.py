@@ -11,7 +11,7 @@ from PIL import Image
 
 cv2 = pytest.importorskip("cv2")
 
-from bindweave.eval.scorers.base import VideoSample  # noqa: E402
+from bindweave.eval.scorers.base import SkipVideo, VideoSample  # noqa: E402
 from bindweave.eval.scorers.curricularface import IRBackbone, _infer_architecture, load_curricularface  # noqa: E402
 from bindweave.eval.scorers.facesim import (  # noqa: E402
     ARCFACE_TEMPLATE,
@@ -138,7 +138,9 @@ def test_facesim_scorer_same_identity_scores_one(tmp_path):
     assert scorer.applies_to(sample)
     result = scorer(sample)
     assert result.value == pytest.approx(1.0, abs=1e-5)
-    assert result.details == {"frames_with_face": 3, "frames": 4}  # the dark frame has no face
+    # 32 samples of 4 frames, duplicates kept (linspace(0, 3, 32, dtype=int)): frame 2 (dark, no face)
+    # is drawn 10 times, the others 22 times.
+    assert result.details == {"frames_with_face": 22, "frames": 32}
 
 
 def test_facesim_scorer_other_identity_and_no_face(tmp_path):
@@ -159,7 +161,24 @@ def test_facesim_scorer_other_identity_and_no_face(tmp_path):
     no_face = VideoSample.from_frames(
         "faceobj_3", np.zeros((2, 280, 320, 3), np.uint8), reference_paths=[reference], class_labels=["Woman"]
     )
-    assert scorer(no_face).value == 0.0
+    assert scorer(no_face).value == 0.0  # no face in the video: scored 0, as the benchmark
+
+
+def test_facesim_skips_a_video_whose_reference_has_no_face(tmp_path):
+    _, photo, kps = _photo(seed=0)
+    dark = tmp_path / "crop_woman.png"
+    Image.fromarray(np.zeros((280, 320, 3), np.uint8)).save(dark)
+    sample = VideoSample.from_frames(
+        "faceobj_4", np.stack([photo] * 2), reference_paths=[dark], class_labels=["Woman"]
+    )
+    scorer = FaceSimScorer(StandInDetector(kps), _tiny_ir())
+    with pytest.raises(SkipVideo, match="no face in the human reference: .*crop_woman.png"):
+        scorer(sample)
+    no_human = VideoSample.from_frames(
+        "humanobj_1", np.stack([photo] * 2), reference_paths=[dark], class_labels=["Ball"]
+    )
+    with pytest.raises(SkipVideo, match="no human reference"):
+        scorer(no_human)
 
 
 def test_facesim_only_for_face_categories():
@@ -178,32 +197,123 @@ def test_facesim_only_for_face_categories():
         )
 
 
-def test_curricularface_loader_round_trip(tmp_path):
-    model = _tiny_ir()
-    model.output_layer[4] = torch.nn.BatchNorm1d(16, affine=False).eval()
-    path = tmp_path / "glint360k_curricular_face_r101_backbone.bin"
-    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
-    loaded = load_curricularface(path)
-    x = torch.randn(2, 3, 112, 112)
+class _TFaceBasicBlockIR(torch.nn.Module):
+    """Written from TFace's public ``model_irse.py`` ``BasicBlockIR`` (names and order as there)."""
+
+    def __init__(self, in_channel, depth, stride):
+        super().__init__()
+        nn = torch.nn
+        if in_channel == depth:
+            self.shortcut_layer = nn.MaxPool2d(1, stride)
+        else:
+            self.shortcut_layer = nn.Sequential(
+                nn.Conv2d(in_channel, depth, (1, 1), stride, bias=False), nn.BatchNorm2d(depth)
+            )
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(in_channel),
+            nn.Conv2d(in_channel, depth, (3, 3), (1, 1), 1, bias=False),
+            nn.BatchNorm2d(depth),
+            nn.PReLU(depth),
+            nn.Conv2d(depth, depth, (3, 3), stride, 1, bias=False),
+            nn.BatchNorm2d(depth),
+        )
+
+    def forward(self, x):
+        return self.res_layer(x) + self.shortcut_layer(x)
+
+
+class _TFaceFlatten(torch.nn.Module):
+    def forward(self, x):
+        return x.view(x.size(0), -1)
+
+
+class _TFaceIR(torch.nn.Module):
+    """TFace ``Backbone(input_size=[112, 112], mode="ir")`` with its stage table as a parameter
+    (``IR_101`` = units (3, 13, 30, 3) of widths (64, 128, 256, 512)); output BN1d without affine."""
+
+    def __init__(self, units=(3, 13, 30, 3), widths=(64, 128, 256, 512), stem=64):
+        super().__init__()
+        nn = torch.nn
+        self.input_layer = nn.Sequential(
+            nn.Conv2d(3, stem, (3, 3), 1, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem)
+        )
+        modules, in_channel = [], stem
+        for count, depth in zip(units, widths, strict=True):
+            for i in range(count):
+                modules.append(_TFaceBasicBlockIR(in_channel, depth, 2 if i == 0 else 1))
+                in_channel = depth
+        self.body = nn.Sequential(*modules)
+        self.output_layer = nn.Sequential(
+            nn.BatchNorm2d(widths[-1]),
+            nn.Dropout(0.4),
+            _TFaceFlatten(),
+            nn.Linear(widths[-1] * 7 * 7, 512),
+            nn.BatchNorm1d(512, affine=False),
+        )
+
+    def forward(self, x):
+        return self.output_layer(self.body(self.input_layer(x)))
+
+
+def _randomise_statistics(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine terms and PReLU slopes (a fresh model has identity BNs,
+    which would hide a missing or misplaced BN)."""
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        assert torch.allclose(loaded(x), model(x), atol=1e-6)
-    arch = _infer_architecture(model.state_dict())
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
+                module.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+                if module.affine:
+                    module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                    module.bias.copy_(torch.randn(n, generator=gen) * 0.2)
+            elif isinstance(module, torch.nn.PReLU):
+                module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * 0.5)
+
+
+def test_ir101_has_tface_layout():
+    """Every key and shape of TFace's IR_101 (the released file's layout), and nothing else."""
+    with torch.device("meta"):
+        ours = IRBackbone(affine_output=False).state_dict()
+        reference = _TFaceIR().state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in reference.items()}
+    assert "body.48.res_layer.2.running_var" in ours  # the BN after the first conv
+    arch = _infer_architecture(reference)
     assert arch == {
-        "units": (1, 2, 1, 1),
-        "widths": (8, 16, 24, 32),
-        "embedding_dim": 16,
+        "units": (3, 13, 30, 3),
+        "widths": (64, 128, 256, 512),
+        "embedding_dim": 512,
         "input_size": 112,
         "affine_output": False,
     }
 
 
-def test_ir101_layout():
-    with torch.device("meta"):
-        state = IRBackbone().state_dict()
-    arch = _infer_architecture(state)
-    assert arch["units"] == (3, 13, 30, 3) and arch["widths"] == (64, 128, 256, 512)
-    assert tuple(state["output_layer.3.weight"].shape) == (512, 512 * 7 * 7)
-    assert "body.48.res_layer.4.running_var" in state and "body.49.res_layer.0.weight" not in state
+def test_curricularface_loads_a_tface_state_dict_strictly_and_embeds_the_same(tmp_path):
+    reference = _TFaceIR(units=(1, 2, 1, 1), widths=(8, 16, 24, 32), stem=8)
+    _randomise_statistics(reference)
+    reference.eval()
+    path = tmp_path / "glint360k_curricular_face_r101_backbone.bin"
+    torch.save(reference.state_dict(), path)  # as released: a plain state dict
+    loaded = load_curricularface(path)  # strict load
+    x = torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        expected, got = reference(x), loaded(x)
+    assert got.shape == (3, 512)
+    # Same modules in the same order on the same inputs: equal to float32 rounding.
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_curricularface_loader_accepts_module_prefix_and_affine_output(tmp_path):
+    model = _tiny_ir()
+    _randomise_statistics(model, seed=3)
+    path = tmp_path / "backbone.bin"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
+    loaded = load_curricularface(path)
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+    assert _infer_architecture(model.state_dict())["affine_output"] is True
 
 
 def test_curricularface_missing_file_is_named(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bindweave.eval.scorers.base import VideoSample
+from bindweave.eval.scorers.base import SkipVideo, VideoSample
 from bindweave.eval.scorers.gme import GME_TEXT_INSTRUCTION, GmeScorer
 from bindweave.eval.scorers.nexus import Detection, NexusScorer, filter_detections, nexus_label, nms
 
@@ -54,8 +54,10 @@ def test_gme_score_is_mean_text_frame_similarity():
     frames = np.stack([_solid("red")] * 3 + [_solid("green")])
     gme = ColourGme()
     sample = VideoSample.from_frames("singleobj_1", frames, prompt="red")
-    assert GmeScorer(gme, num_frames=32)(sample) == pytest.approx(0.75)
-    assert gme.instructions == [GME_TEXT_INSTRUCTION]
+    assert GmeScorer(gme, num_frames=4)(sample) == pytest.approx(0.75)
+    # 32 benchmark samples of 4 frames (linspace(0, 3, 32, dtype=int)): frame 3, the green one, once.
+    assert GmeScorer(gme, num_frames=32)(sample) == pytest.approx(31 / 32)
+    assert gme.instructions == [GME_TEXT_INSTRUCTION] * 2
 
 
 def test_gme_needs_a_prompt():
@@ -89,7 +91,7 @@ def test_nexus_score_divides_by_frames_with_detections(references):
         reference_paths=[references["red"], references["green"]],
         class_labels=["Red", "Green"],
     )
-    scorer = NexusScorer(ColourDetector({"red": 0.9, "green": 0.55}), ColourGme(), num_frames=32)
+    scorer = NexusScorer(ColourDetector({"red": 0.9, "green": 0.55}), ColourGme(), num_frames=8)
     result = scorer(sample)
     assert result.value == pytest.approx(1.0 / 8)
     assert result.details == {"frames": 8, "frames_with_detection": 8, "crops": 12, "kept": 4}
@@ -120,7 +122,7 @@ def test_nexus_skips_faces_in_face_categories(references):
         reference_paths=[references["green"], references["red"]],
         class_labels=["Man", "Red"],
     )
-    scorer = NexusScorer(ColourDetector({"red": 0.9, "green": 0.9}), ColourGme())
+    scorer = NexusScorer(ColourDetector({"red": 0.9, "green": 0.9}), ColourGme(), num_frames=4)
     assert [label for _, label in scorer.subjects(sample)] == ["Red"]
     assert scorer(sample).value == pytest.approx(1.0 / 4)  # the green "Man" is never searched
     face_only = VideoSample.from_frames(
@@ -143,8 +145,18 @@ def test_nexus_needs_a_label_per_reference(references):
     sample = VideoSample.from_frames("singleobj_4", _scene(2, 2), reference_paths=[references["red"]])
     scorer = NexusScorer(ColourDetector({"red": 0.9}), ColourGme())
     assert scorer.applies_to(sample)
-    with pytest.raises(ValueError, match="class_label"):
+    with pytest.raises(SkipVideo, match="computation failed: ValueError: .*class_label") as info:
         scorer(sample)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_nexus_drops_a_video_whose_computation_fails(references, tmp_path):
+    """The benchmark wraps each video in try/except and leaves failed ones out: so do we, with the reason."""
+    sample = VideoSample.from_frames(
+        "singleobj_5", _scene(2, 2), reference_paths=[tmp_path / "gone.png"], class_labels=["Red"]
+    )
+    with pytest.raises(SkipVideo, match="computation failed: FileNotFoundError: .*gone.png"):
+        NexusScorer(ColourDetector({"red": 0.9}), ColourGme())(sample)
 
 
 def test_detection_post_processing():

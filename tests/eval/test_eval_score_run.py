@@ -88,6 +88,67 @@ def test_run_score_motion_and_judge(eval_case, chat_server, capsys):
     printed = capsys.readouterr().out
     assert "overall" in printed and "MotionAmplitude" in printed
     assert format_table(summary).splitlines()[0].startswith("category")
+    # No --judge-prompt: our paraphrase was used, and the summary says what that means.
+    assert summary["natural_prompt"] == "paraphrase"
+    assert "NaturalScore: paraphrased prompt: not comparable to the leaderboard" in printed
+    assert "paraphrased prompt: not comparable to the leaderboard" in markdown
+
+
+def test_run_score_with_the_benchmark_prompt_is_not_marked(eval_case, chat_server, capsys):
+    root, videos, manifest = eval_case
+    script = root / "get_naturalscore.py"
+    script.write_text('import openai\n\nprompt = """\nRate the realism 1-5.\n"""\n')
+    server = chat_server(["4"])
+    config = EvalScoreConfig(
+        videos,
+        manifest,
+        root / "out",
+        metrics=["natural"],
+        judge_endpoint=server.url,
+        judge_prompt_file=script,
+    )
+    summary = run_score(config)
+    assert server.requests[0]["messages"][0]["content"][-1]["text"] == "\nRate the realism 1-5.\n"
+    assert summary["natural_prompt"].startswith("sha256:")
+    assert "paraphrased" not in capsys.readouterr().out
+
+
+def test_skipped_videos_are_counted_per_metric_and_not_rescored(eval_case):
+    """FaceSim skips a video whose reference has no face, Nexus drops one whose computation fails: both
+    are left out of their metric's mean (as absent from the benchmark's JSON) and counted in the summary."""
+    from bindweave.eval.scorers.base import SkipVideo
+
+    root, videos, manifest = eval_case
+    calls = []
+
+    def facesim(sample):
+        calls.append(sample.id)
+        if sample.id == "singleface_1":
+            raise SkipVideo("no face in the human reference: Images/man.png")
+        return 0.5
+
+    def nexus(sample):
+        raise SkipVideo("computation failed: FileNotFoundError: Images/cup.jpg")
+
+    config = EvalScoreConfig(videos, manifest, root / "out", metrics=["facesim_cur", "nexus"])
+    summary = run_score(config, scorers={"facesim_cur": facesim, "nexus": nexus})
+    record = json.loads((root / "out" / "per_video" / "singleface_1.json").read_text())
+    assert record["skipped"] == {
+        "facesim_cur": "no face in the human reference: Images/man.png",
+        "nexus": "computation failed: FileNotFoundError: Images/cup.jpg",
+    }
+    assert "facesim_cur" not in record["scores"]
+    assert summary["skipped"]["facesim_cur"]["count"] == 1
+    assert summary["skipped"]["facesim_cur"]["reasons"] == {"no face in the human reference": 1}
+    assert summary["skipped"]["nexus"]["count"] == 2
+    assert summary["overall"]["normalized"]["facesim_cur"] == 0.5  # the skipped video is left out
+    assert summary["overall"]["normalized"]["nexus"] is None
+    table = format_table(summary)
+    assert "FaceSim: 1 video(s) skipped, as the benchmark does (no face in the human reference: 1)" in table
+    assert "NexusScore: 2 video(s) skipped, as the benchmark does (computation failed: 2)" in table
+    assert sorted(calls) == ["singleface_1", "singleobj_1"]
+    run_score(config, scorers={"facesim_cur": facesim, "nexus": nexus})  # resumed: nothing recomputed
+    assert sorted(calls) == ["singleface_1", "singleobj_1"]
 
 
 def test_run_score_resumes_without_recomputing(eval_case, chat_server):
@@ -183,9 +244,12 @@ def test_cli_options_derive_from_the_config():
             "natural",
             "--judge-endpoint",
             "http://x/v1",
+            "--judge-prompt",
+            "get_naturalscore.py",
         ]
     )
     config = from_namespace(EvalScoreConfig, args)
+    assert config.judge_prompt_file == Path("get_naturalscore.py")
     assert config.metrics == ["motion_amplitude", "natural"] and config.judge_runs == 3
     assert config.videos_dir == Path("v") and config.models_dir is None
 

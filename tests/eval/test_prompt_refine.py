@@ -172,13 +172,12 @@ def test_refine_config_validation(tmp_path):
         RefineConfig(manifest=tmp_path / "m.json", output=tmp_path / "o.json", backend="local")
 
 
-def test_local_qwen_refiner_generates_text(tmp_path):
+def test_local_qwen_refiner_generates_text(tiny_release):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from bindweave.conditioning.mllm import load_mllm_processor
-    from bindweave.testing import build_tiny_release
 
-    folders = build_tiny_release(tmp_path)
+    folders = tiny_release
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folders.mllm).eval()
     processor = load_mllm_processor(folders.mllm)
     refiner = LocalQwenRefiner(model, processor, max_new_tokens=6, max_image_side=64)
@@ -189,11 +188,9 @@ def test_local_qwen_refiner_generates_text(tmp_path):
     assert isinstance(result.prompt, str) and result.prompt
 
 
-def test_run_refine_local_backend(manifest_case):
-    from bindweave.testing import build_tiny_release
-
+def test_run_refine_local_backend(manifest_case, tiny_release):
     root, manifest = manifest_case
-    folders = build_tiny_release(root / "release")
+    folders = tiny_release
     out = root / "refined_local.json"
     stats = run_refine(
         RefineConfig(

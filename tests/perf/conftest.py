@@ -1,4 +1,4 @@
-"""Tiny real components for the performance tests: one release per session, a fresh pipeline per test."""
+"""Tiny real components for the performance tests: the session's tiny release, a fresh pipeline per test."""
 
 from __future__ import annotations
 
@@ -16,14 +16,9 @@ import pytest
 import torch
 
 from bindweave.pipeline import BindWeavePipeline
-from bindweave.testing import ReleaseFolders, build_tiny_release, tiny_transformer_kwargs
+from bindweave.testing import ReleaseFolders, tiny_transformer_kwargs
 
 SIZE = dict(height=32, width=48, num_frames=5)
-
-
-@pytest.fixture(scope="session")
-def tiny_release(tmp_path_factory) -> ReleaseFolders:
-    return build_tiny_release(tmp_path_factory.mktemp("perf-release"))
 
 
 def tiny_pipe(release: ReleaseFolders) -> BindWeavePipeline:

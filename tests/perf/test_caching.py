@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bindweave.perf.caching import StepCacheSpec, calibrate_mag_ratios, load_mag_ratios, save_mag_ratios
+from bindweave.testing import assert_close_to_float32_rounding, assert_differs_beyond_float32_rounding
 
 STEPS = 5
 
@@ -28,6 +29,7 @@ class BlockCounter:
 
 @pytest.fixture(scope="module")
 def reference(tiny_release, refs, mllm_states, generate):
+    """Latents of the uncached pipeline and its calibrated mag ratios (another instance than each test's)."""
     from bindweave.pipeline import BindWeavePipeline
     from bindweave.testing import tiny_transformer_kwargs
 
@@ -62,7 +64,7 @@ def test_caches_that_never_skip_give_the_reference(make_pipe, refs, mllm_states,
     if spec == "mag-0":
         spec = StepCacheSpec("mag", threshold=0.0, mag_ratios=ratios)
     latents, calls = run(make_pipe, refs, mllm_states, generate, spec)
-    assert torch.equal(latents, expected)
+    assert_close_to_float32_rounding(latents, expected)  # another pipeline instance than the reference's
     assert calls == 2 * STEPS  # every step, both branches
 
 
@@ -75,7 +77,7 @@ def test_skipping_caches_skip_blocks_and_stay_finite(make_pipe, refs, mllm_state
         spec = StepCacheSpec("mag", threshold=1.0, mag_ratios=ratios)
     latents, calls = run(make_pipe, refs, mllm_states, generate, spec)
     assert calls < 2 * STEPS and torch.isfinite(latents).all()
-    assert not torch.equal(latents, expected)
+    assert_differs_beyond_float32_rounding(latents, expected)
 
 
 def test_cache_state_is_kept_per_cfg_branch(make_pipe, refs, mllm_states, generate):
@@ -100,6 +102,7 @@ def test_a_run_starts_from_an_empty_cache_state(make_pipe, refs, mllm_states, ge
     pipe = make_pipe()
     pipe.enable_step_cache(StepCacheSpec("first-block", threshold=0.5))
     first = generate(pipe, refs, mllm_states, steps=STEPS, output_type="latent")
+    # The same instance run twice: bitwise, so no cache state can leak from the first run into the second.
     assert torch.equal(generate(pipe, refs, mllm_states, steps=STEPS, output_type="latent"), first)
 
 

@@ -10,17 +10,16 @@ import PIL.Image
 import pytest
 
 from bindweave import cli, generate
-from bindweave.testing import build_tiny_random_pipeline
 
 WORLD = 2
 IDS = ["case_a", "case_b", "case_c", "case_d"]
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory) -> tuple[Path, list[str]]:
-    """A tiny pipeline folder and a 4-entry manifest of small synthetic images."""
+def job(tiny_model_dir, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The tiny pipeline folder and a 4-entry manifest of small synthetic images."""
     root = tmp_path_factory.mktemp("dp")
-    model = build_tiny_random_pipeline(root / "pipeline")
+    model = tiny_model_dir
     rng = np.random.default_rng(0)
     manifest = {}
     for i, entry_id in enumerate(IDS):

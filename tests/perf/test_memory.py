@@ -1,4 +1,8 @@
-"""Memory modes give the reference video: bitwise where diffusers runs the mode on CPU, else the wiring."""
+"""Memory modes give the reference video where diffusers runs the mode on CPU, else the wiring is checked.
+
+Each mode runs on its own pipeline (the hooks change it in place), so its video is compared with the
+reference up to float32 rounding: model offload moves every weight to new storage (other SIMD paths).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import pytest
 import torch
 
 from bindweave.perf.memory import FP8_STORAGE_DTYPE, apply_memory_mode, enable_fp8_weights
+from bindweave.testing import assert_close_to_float32_rounding
 
 CPU = torch.device("cpu")
 # Max abs difference of the decoded frames (values in [0, 1]) with fp8 weights, tiny model, 3 steps:
@@ -23,13 +28,13 @@ def reference(make_pipe, refs, generate) -> np.ndarray:
 
 
 @pytest.mark.parametrize("mode", ["model-offload", "group-offload"])
-def test_offload_modes_give_the_reference_video_bitwise(make_pipe, refs, generate, reference, mode):
+def test_offload_modes_give_the_reference_video(make_pipe, refs, generate, reference, mode):
     expected = reference
     pipe = make_pipe()
     apply_memory_mode(pipe, mode, CPU)
-    assert np.array_equal(generate(pipe, refs), expected)
+    assert_close_to_float32_rounding(generate(pipe, refs), expected)
     if mode == "model-offload":  # the pipeline re-applies the offload hooks before decoding and at the end
-        assert np.array_equal(generate(pipe, refs), expected)
+        assert_close_to_float32_rounding(generate(pipe, refs), expected)
 
 
 def test_model_offload_hooks_follow_the_component_order(make_pipe):
@@ -97,6 +102,7 @@ def test_vae_tiling_leaves_videos_below_the_tile_size_unchanged(make_pipe, refs,
     apply_memory_mode(pipe, "none", CPU)
     pipe.vae.enable_tiling()
     assert pipe.vae.use_tiling
-    # 32x48 frames are smaller than the default 256-pixel tile, so nothing is tiled: the reference video.
-    # (Above the tile size, tiles overlap and are blended: see docs/performance.md for the measured change.)
-    assert np.array_equal(generate(pipe, refs), reference)
+    # 32x48 frames are smaller than the default 256-pixel tile, so nothing is tiled: the reference video
+    # (from another pipeline instance, so up to float32 rounding). Above the tile size, tiles overlap and are
+    # blended: see docs/performance.md for the measured change.
+    assert_close_to_float32_rounding(generate(pipe, refs), reference)

@@ -1,6 +1,6 @@
 """The offline fixtures of ``bindweave.testing``: tiny tokenizers and the tiny release folders.
 
-The release is built once per module; every check reloads it through the real ``from_pretrained`` paths.
+The release is the session's (tests/conftest.py); every check reloads it through the real ``from_pretrained`` paths.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ QWEN_SPECIAL_OFFSETS = [0, 1, 2, 9, 10, 11, 12, 13]
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> ReleaseFolders:
-    return build_tiny_release(tmp_path_factory.mktemp("release"), seed=0)
+def release(tiny_release: ReleaseFolders) -> ReleaseFolders:
+    return tiny_release  # the session's build (seed 0), read only
 
 
 @pytest.fixture(scope="module")

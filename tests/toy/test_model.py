@@ -114,7 +114,11 @@ def test_ablations_zero_exactly_one_stream(toy_pipe, name):
             assert torch.equal(ablated[key], full[key])
 
 
-def test_run_toy_base_writes_a_loadable_pipeline_and_reuses_it(tmp_path, capsys):
+def test_run_toy_base_writes_a_loadable_pipeline_and_reuses_it(tmp_path, capsys, monkeypatch):
+    from bindweave.toy import vae
+
+    # The latent mean / std over 2 clips instead of 64: the same code, 9/10 of this test's time saved.
+    monkeypatch.setattr(vae, "_STATS_CLIPS", 2)
     out = tmp_path / "base"
     config = ToyBaseConfig(out=out, steps=2, clip_steps=1, batch_size=2, crop=16)
     run_toy_base(config)

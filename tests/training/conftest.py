@@ -23,20 +23,22 @@ COLOURS = [(220, 40, 40), (40, 200, 60), (40, 80, 220), (230, 200, 30)]
 
 
 @pytest.fixture(scope="session")
-def tiny_release(tmp_path_factory: pytest.TempPathFactory):
+def tiny_release_with_config(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny release whose DiT folder keeps its ``config.json`` (the session's ``tiny_release`` has none)."""
     from bindweave.testing import build_tiny_release
 
     return build_tiny_release(tmp_path_factory.mktemp("release"), with_transformer_config=True)
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline_dir(tiny_release, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_pipeline_dir(tiny_release_with_config, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny release saved as one BindWeavePipeline folder (what ``model.pipeline`` points at)."""
     from bindweave.pipeline import BindWeavePipeline
 
     folder = tmp_path_factory.mktemp("pipeline") / "tiny-bindweave"
+    release = tiny_release_with_config
     pipe = BindWeavePipeline.from_released(
-        tiny_release.wan, tiny_release.transformer, tiny_release.mllm, torch_dtype=torch.float32
+        release.wan, release.transformer, release.mllm, torch_dtype=torch.float32
     )
     pipe.save_pretrained(folder)
     return folder
@@ -114,15 +116,6 @@ def build_config(data: dict[str, Any]) -> TrainConfig:
     config = from_mapping(TrainConfig, data, where="test config")
     config.validate()
     return config
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and are then not slowed by other processes on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:

@@ -89,6 +89,9 @@ def test_resume_continues_exactly_as_if_never_stopped(tiny_cache, tiny_pipeline_
     second = run_train(build_config(resumed_config))
     assert second.step == 5 and not second.stopped_early
 
+    # Bitwise holds by construction: every run loads the same pipeline folder through the same loader, so the DiT's
+    # weights sit at the same offsets of their mapped files; the optimizer updates them in place, and the
+    # resume copies the saved values into them. The same kernels run on the same layout throughout.
     assert straight.losses == first.losses + second.losses
     a, b = load_weights(straight.checkpoints[-1]), load_weights(second.checkpoints[-1])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,4 +1,4 @@
-"""Fixtures of the web app tests: the tiny default model built in tmp, and small reference files."""
+"""Fixtures of the web app tests: the session's tiny model folder, and small reference files."""
 
 from __future__ import annotations
 
@@ -9,14 +9,7 @@ import PIL.Image
 import pytest
 
 from bindweave.generate import ModelConfig
-from bindweave.testing import build_tiny_random_pipeline
 from bindweave.ui.loader import PipelineLoader
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved tiny random BindWeavePipeline (built offline, native size 64x96x17)."""
-    return build_tiny_random_pipeline(tmp_path_factory.mktemp("ui-model") / "pipeline")
 
 
 @pytest.fixture(scope="session")

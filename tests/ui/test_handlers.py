@@ -267,6 +267,8 @@ def test_the_command_line_repeats_the_run(pipe_loader, ref_paths, tmp_path):
     assert cli.main(argv) == 0
     (frames, fps), (expected, expected_fps) = read_video(again), read_video(result.video)
     assert fps == expected_fps and frames.shape == (5, 32, 48, 3)
+    # Bitwise: the app and the CLI load the same folder through the same loader (memory "none" keeps the
+    # weights where the loader put them), so the same kernels run on the same layout.
     np.testing.assert_array_equal(frames, expected)
 
 

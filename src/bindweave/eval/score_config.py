@@ -35,7 +35,9 @@ class EvalScoreConfig:
         "Open-Domain", help="OpenS2V-Eval domain, selects the TotalScore weights"
     )
     weights_version: Literal["v1.1", "v1.0"] = field("v1.1", help="OpenS2V-Eval version of the weights")
-    num_frames: int = field(32, help="frames sampled uniformly per video for Aesthetic/FaceSim/GME/Nexus")
+    num_frames: int = field(
+        32, help="frames per video for Aesthetic/FaceSim/GME/Nexus (np.linspace(0, N-1, k, dtype=int))"
+    )
     judge_endpoint: str | None = field(
         None,
         help="OpenAI-compatible base URL for the NaturalScore judge (e.g. https://api.openai.com/v1); "
@@ -47,7 +49,13 @@ class EvalScoreConfig:
     judge_retries: int = field(4, help="retries per judge request on 5xx/429/timeouts")
     judge_runs: int = field(3, help="independent judge ratings averaged per video")
     judge_frames: int = field(16, help="frames shown to the judge")
-    judge_prompt_file: Path | None = field(None, help="text file replacing the built-in judge instruction")
+    judge_prompt_file: Path | None = field(
+        None,
+        flag="--judge-prompt",
+        help="the benchmark's judge prompt, needed for NaturalScores comparable to the leaderboard: "
+        "<OpenS2V-Nexus checkout>/eval/get_naturalscore.py (its `prompt` string is read, the file is not "
+        "run) or a text file; without it a paraphrase is used and the summary says so",
+    )
     device: str | None = field(None, help="torch device for the models (default: cuda if available)")
 
     def __post_init__(self) -> None:

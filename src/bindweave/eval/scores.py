@@ -51,8 +51,10 @@ DOMAINS: tuple[str, ...] = ("Open-Domain", "Human-Domain", "Single-Domain")
 # "Human-Domain" uses the first table) and ``eval/v1.0_backup/merge_result.py`` (v1.0). Checked against
 # published leaderboard rows in ``leaderboard/file_v1.1/results_*.csv`` and
 # ``leaderboard/file_v1.0/results_*.csv`` of the same repository (see tests/eval/test_scores.py).
-# In v1.0 the single "Motion" column is the Farneback motion score, i.e. our ``motion_amplitude``
-# (the v1.0 and v1.1 leaderboards list identical values for it); v1.0 had no MotionSmoothness.
+# In v1.0 the single "Motion" column is a Farneback motion score, weighted here as our
+# ``motion_amplitude``; v1.0 had no MotionSmoothness. The v1.0 "Motion" and v1.1 "MotionAmplitude"
+# leaderboard columns agree for Open-Domain only (Single-Domain: 9 of 11 rows differ; Human-Domain: 10
+# of 19), so a v1.0 total over Single/Human-Domain cases is not the published v1.0 figure.
 _OPEN_V11 = {
     "aesthetic": 0.16,
     "motion_smoothness": 0.06,

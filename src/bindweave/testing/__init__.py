@@ -1,4 +1,5 @@
-"""Offline test fixtures: tiny, randomly initialised components saved in the real on-disk layouts.
+"""Offline test fixtures: tiny, randomly initialised components saved in the real on-disk layouts, and the
+float32-rounding tolerance that tests compare outputs with (:mod:`bindweave.testing.tolerance`).
 
 Names are imported lazily so that using only the tokenizers does not pull in diffusers.
 """
@@ -17,6 +18,13 @@ if TYPE_CHECKING:
         build_qwen2_tokenizer,
         build_umt5_tokenizer,
     )
+    from bindweave.testing.tolerance import (
+        FLOAT32_EPS,
+        ROUNDING_ULPS,
+        assert_close_to_float32_rounding,
+        assert_differs_beyond_float32_rounding,
+        rounding_ulps,
+    )
 
 _EXPORTS = {
     "TINY_SIZE": "pipeline",
@@ -27,16 +35,26 @@ _EXPORTS = {
     "ReleaseFolders": "release",
     "build_tiny_release": "release",
     "tiny_transformer_kwargs": "release",
+    "FLOAT32_EPS": "tolerance",
+    "ROUNDING_ULPS": "tolerance",
+    "assert_close_to_float32_rounding": "tolerance",
+    "assert_differs_beyond_float32_rounding": "tolerance",
+    "rounding_ulps": "tolerance",
 }
 
 __all__ = [
+    "FLOAT32_EPS",
     "QWEN2_5_VL_CHAT_TEMPLATE",
+    "ROUNDING_ULPS",
     "TINY_SIZE",
     "ReleaseFolders",
+    "assert_close_to_float32_rounding",
+    "assert_differs_beyond_float32_rounding",
     "build_tiny_random_pipeline",
     "build_qwen2_tokenizer",
     "build_tiny_release",
     "build_umt5_tokenizer",
+    "rounding_ulps",
     "tiny_transformer_kwargs",
 ]
 

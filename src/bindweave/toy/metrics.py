@@ -88,14 +88,17 @@ def ncc_map(video: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
     must match too). Returns ``(F, H - h + 1, W - w + 1)``; flat windows or patches score 0.
     """
     channels, h, w = patch.shape
+    height, width = video.shape[-2:]
     n = h * w
     centred = patch - patch.mean(dim=(1, 2), keepdim=True)
     patch_energy = centred.pow(2).sum()
-    # sum_c sum(W_c * T0_c) = sum_c sum((W_c - mean W_c) * T0_c), since each T0_c sums to 0.
-    numerator = F.conv2d(video, centred[None])[:, 0]
-    ones = torch.ones(channels, 1, h, w, dtype=video.dtype)
-    window_sum = F.conv2d(video, ones, groups=channels)  # (F, 3, H', W') per-channel sums
-    window_sq = F.conv2d(video * video, ones, groups=channels)
+    # sum_c sum(W_c * T0_c) = sum_c sum((W_c - mean W_c) * T0_c), since each T0_c sums to 0. The correlation
+    # is a product of spectra (float64 conv2d is ~10x slower on CPU); the circular correlation over the whole
+    # frame equals the plain one at every valid position, where no window wraps around.
+    spectrum = (torch.fft.rfft2(video) * torch.fft.rfft2(centred, s=(height, width)).conj()).sum(dim=1)
+    numerator = torch.fft.irfft2(spectrum, s=(height, width))[:, : height - h + 1, : width - w + 1]
+    window_sum = _window_sums(video, h, w)  # (F, 3, H', W') per-channel sums
+    window_sq = _window_sums(video * video, h, w)
     window_energy = (window_sq - window_sum * window_sum / n).clamp_min(0.0).sum(dim=1)
     # Flat windows (std under 1e-4 of the pixel range: rounding noise) and flat patches score 0.
     textured = (window_energy / (channels * n) > _FLAT_VARIANCE) & (
@@ -103,6 +106,13 @@ def ncc_map(video: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
     )
     denominator = (patch_energy * window_energy).sqrt().clamp_min(1e-12)
     return torch.where(textured, numerator / denominator, torch.zeros_like(numerator))
+
+
+def _window_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Sums of every ``h x w`` window of ``x`` ``(..., H, W)`` -> ``(..., H - h + 1, W - w + 1)``, from an
+    integral image (exact to float64 rounding: ~1e-13 on the sums of [0, 1] pixels of a 64x64 frame)."""
+    integral = F.pad(x.cumsum(-2).cumsum(-1), (1, 0, 1, 0))
+    return integral[..., h:, w:] - integral[..., :-h, w:] - integral[..., h:, :-w] + integral[..., :-h, :-w]
 
 
 def best_matches(video: torch.Tensor, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

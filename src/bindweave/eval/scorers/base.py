@@ -17,19 +17,42 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from bindweave.io.video import read_video, sample_frame_indices
+from bindweave.io.video import read_video
 
 __all__ = [
     "MissingModelFileError",
     "Scored",
     "Scorer",
+    "SkipVideo",
     "VideoSample",
+    "benchmark_frame_indices",
     "category_of",
     "require_files",
 ]
 
 #: Frames per video for the frame-sampled metrics (Aesthetic, FaceSim, GME, Nexus).
 DEFAULT_NUM_FRAMES = 32
+
+
+def benchmark_frame_indices(num_frames: int, k: int) -> list[int]:
+    """The benchmark's ``k`` frames: ``np.linspace(0, N - 1, k, dtype=int)``.
+
+    Truncated, not rounded (at N = 81, k = 32 this differs from rounding in 15 of 32 indices), and with
+    duplicates when ``N < k`` (each frame then weighs as often as the benchmark counts it).
+    """
+    if num_frames < 1:
+        raise ValueError(f"cannot sample frames of a video with {num_frames} frames")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return [int(i) for i in np.linspace(0, num_frames - 1, k, dtype=int)]
+
+
+class SkipVideo(Exception):  # noqa: N818 - a control-flow signal, not an error of the run
+    """The benchmark leaves this video out of this metric (e.g. FaceSim: no face in the reference).
+
+    The run records the reason in the per-video JSON, counts the video as skipped for that metric in the
+    summary, and goes on with the next video.
+    """
 
 
 class Scored(NamedTuple):
@@ -121,11 +144,11 @@ class VideoSample:
         return self._fps
 
     def sampled_frames(self, k: int | None) -> np.ndarray:
-        """``k`` uniformly sampled frames (all frames when ``k`` is ``None``)."""
+        """The benchmark's ``k`` frames (:func:`benchmark_frame_indices`); all frames when ``k`` is ``None``."""
         frames = self.frames
         if k is None:
             return frames
-        return frames[sample_frame_indices(len(frames), k)]
+        return frames[benchmark_frame_indices(len(frames), k)]
 
     def sampled_images(self, k: int | None) -> list[Image.Image]:
         return [Image.fromarray(f) for f in self.sampled_frames(k)]

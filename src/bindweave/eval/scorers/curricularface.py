@@ -1,16 +1,18 @@
 """The IR-101 face-recognition backbone CurricularFace weights are stored for.
 
 ``glint360k_curricular_face_r101_backbone.bin`` (distributed by OpenS2V as
-``BestWishYsh/OpenS2V-Weight``, originally from ConsisID / CurricularFace) is a state dict of the
-"improved residual" (IR) ResNet of face.evoLVe / CurricularFace: a 3x3 stem, four stages of
-``bottleneck_IR`` units (3, 13, 30, 3 units of 64, 128, 256, 512 channels, the first unit of each stage
-strided), and an output head BN2d -> Dropout -> Flatten -> Linear(512*7*7, 512) -> BN1d, for 112x112
-inputs in [-1, 1].
+``BestWishYsh/OpenS2V-Weight``, originally from ConsisID / CurricularFace) is a state dict of TFace's
+"improved residual" ResNet (``torchkit/backbone/model_irse.py``, ``IR_101``), which the benchmark loads
+strictly: a 3x3 stem (conv-BN-PReLU), four stages of basic IR units (3, 13, 30, 3 units of 64, 128, 256,
+512 channels, the first unit of each stage strided) whose residual branch is
+BN - conv3x3 - BN - PReLU - conv3x3 (strided) - BN, and an output head
+BN2d -> Dropout -> Flatten -> Linear(512*7*7, 512) -> BN1d (no affine), for 112x112 inputs in [-1, 1].
 
 The architecture is inferred from the state dict (unit counts, widths, whether the last BatchNorm has
-affine parameters), so the same code loads IR-50/101/152 and the tiny variants the tests build. NOT
-VERIFIED against the released file here (it is not available in this repository): a key or shape
-mismatch fails loudly in ``load_state_dict(strict=True)``.
+affine parameters), so the same code loads IR-18/34/50/101 and the tiny variants the tests build; the
+load is strict, so a state dict of another layout fails with its missing/unexpected keys named. The
+layout is checked against an independent model written from TFace's public definition
+(tests/eval/test_eval_facesim.py); the released file itself is not available here.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ class _Flatten(nn.Module):
         return x.reshape(x.shape[0], -1)
 
 
-class _BottleneckIR(nn.Module):
-    """BN -> conv3x3 -> PReLU -> conv3x3 (strided) -> BN, plus a (pooled or projected) shortcut."""
+class _BasicBlockIR(nn.Module):
+    """BN -> conv3x3 -> BN -> PReLU -> conv3x3 (strided) -> BN, plus a (pooled or projected) shortcut."""
 
     def __init__(self, in_channels: int, depth: int, stride: int) -> None:
         super().__init__()
@@ -48,6 +50,7 @@ class _BottleneckIR(nn.Module):
         self.res_layer = nn.Sequential(
             nn.BatchNorm2d(in_channels),
             nn.Conv2d(in_channels, depth, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(depth),
             nn.PReLU(depth),
             nn.Conv2d(depth, depth, 3, stride, 1, bias=False),
             nn.BatchNorm2d(depth),
@@ -79,7 +82,7 @@ class IRBackbone(nn.Module):
         in_channels = stem
         for count, depth in zip(units, widths, strict=True):
             for i in range(count):
-                blocks.append(_BottleneckIR(in_channels, depth, 2 if i == 0 else 1))
+                blocks.append(_BasicBlockIR(in_channels, depth, 2 if i == 0 else 1))
                 in_channels = depth
         self.body = nn.Sequential(*blocks)
         side = input_size // (2 ** len(units))

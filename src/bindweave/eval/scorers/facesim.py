@@ -11,8 +11,10 @@ As in the released ``eval/get_facesim.py`` of OpenS2V-Nexus:
 * alignment: ``norm_crop`` to 224x224 with the ArcFace 5-point template (least-squares similarity, the
   Umeyama estimate scikit-image uses), converted to RGB, resized to 112x112, ``(x / 255 - 0.5) / 0.5``;
 * CurricularFace IR-101 embedding, L2-normalised; per frame ``max(0, cos)``, frames without a face (or
-  with similarity exactly 0) are skipped; the video score is the mean over 32 sampled frames, 0.0 when no
-  frame has a usable face.
+  with similarity exactly 0) are skipped; the video score is the mean over the 32 benchmark frames, 0.0
+  when no frame has a usable face;
+* a video whose human reference is missing or shows no face is skipped (:class:`SkipVideo`), as the
+  benchmark skips it: it has no FaceSim, and the summary counts it.
 
 The detector and the embedder are small callable interfaces; :class:`InsightFaceDetector` is the thin
 adapter to insightface's ``FaceAnalysis`` (NOT VERIFIED here: neither insightface nor its model files are
@@ -29,7 +31,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from bindweave.eval.scorers.base import DEFAULT_NUM_FRAMES, Scored, VideoSample, require_files
+from bindweave.eval.scorers.base import DEFAULT_NUM_FRAMES, Scored, SkipVideo, VideoSample, require_files
 
 __all__ = [
     "ARCFACE_TEMPLATE",
@@ -206,16 +208,12 @@ class FaceSimScorer:
 
     def __call__(self, sample: VideoSample) -> Scored:
         index = human_reference_index([str(p) for p in sample.reference_paths], sample.class_labels)
-        if index is None:
-            raise ValueError(
-                f"{sample.id}: FaceSim needs a human reference, none found in {sample.reference_paths}"
-            )
+        if index is None:  # the benchmark skips such a video
+            raise SkipVideo(f"no human reference: none of {[str(p) for p in sample.reference_paths]}")
         reference = np.asarray(sample.reference_images()[index])
         ref_face = aligned_face(self.detector, reference)
-        if ref_face is None:
-            raise ValueError(
-                f"{sample.id}: no face detected in the reference {sample.reference_paths[index]}"
-            )
+        if ref_face is None:  # the benchmark skips such a video
+            raise SkipVideo(f"no face in the human reference: {sample.reference_paths[index]}")
         ref = self.embed(ref_face)
         scores = []
         frames = sample.sampled_frames(self.num_frames)

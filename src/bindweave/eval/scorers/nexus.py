@@ -14,6 +14,10 @@ As in the released ``eval/get_nexusscore.py`` of OpenS2V-Nexus, on 32 uniformly 
    the number of frames with at least one detection**, 0 when nothing is kept. This is why the benchmark
    caps the per-video value at 0.05 before normalising, and why videos scoring exactly 0 are left out of
    the mean (see :func:`bindweave.eval.scores.normalize_metric`).
+4. A video whose computation fails (an unreadable reference, a detector error, ...) is dropped, as the
+   benchmark drops it (:class:`~bindweave.eval.scorers.base.SkipVideo`, the error kept as the reason and
+   counted in the summary). The benchmark also drops a video without any detection (its GME call on an
+   empty list fails); we score it 0, which its aggregation leaves out just the same.
 
 The detector is the :class:`ImagePromptDetector` interface; :class:`YoloWorldImagePromptDetector` is a thin
 adapter to the released YOLO-World v2-L image-prompt checkpoint (NOT VERIFIED here: it needs mmyolo /
@@ -33,6 +37,7 @@ from PIL import Image
 from bindweave.eval.scorers.base import (
     DEFAULT_NUM_FRAMES,
     Scored,
+    SkipVideo,
     VideoSample,
     require_files,
     require_weights,
@@ -169,8 +174,16 @@ class NexusScorer:
                 pairs.append((image, text))
         return pairs
 
-    @torch.no_grad()
     def __call__(self, sample: VideoSample) -> Scored:
+        """The video's NexusScore; a video whose computation fails is dropped (:class:`SkipVideo`, with the
+        error), as the benchmark drops it."""
+        try:
+            return self.score(sample)
+        except Exception as exc:  # noqa: BLE001 - the benchmark's rule; the error is kept as the reason
+            raise SkipVideo(f"computation failed: {type(exc).__name__}: {exc}") from exc
+
+    @torch.no_grad()
+    def score(self, sample: VideoSample) -> Scored:
         subjects = self.subjects(sample)
         frames = sample.sampled_images(self.num_frames)
         crops: list[Image.Image] = []
@@ -193,9 +206,10 @@ class NexusScorer:
 
         labels = sorted({text for _, text in subjects})
         label_index = {text: i for i, text in enumerate(labels)}
-        crop_emb = self.gme.embed_images(crops).float()
-        ref_emb = self.gme.embed_images([ref for ref, _ in subjects]).float()
-        text_emb = self.gme.embed_texts(labels, GME_TEXT_INSTRUCTION).float()
+        # Products in the embeddings' dtype (fp16 for GME), as the benchmark computes them.
+        crop_emb = self.gme.embed_images(crops)
+        ref_emb = self.gme.embed_images([ref for ref, _ in subjects]).to(crop_emb.dtype)
+        text_emb = self.gme.embed_texts(labels, GME_TEXT_INSTRUCTION).to(crop_emb.dtype)
         idx = torch.tensor(subject_of_crop)
         image_sim = (ref_emb[idx] * crop_emb).sum(-1)
         text_idx = torch.tensor([label_index[subjects[j][1]] for j in subject_of_crop])

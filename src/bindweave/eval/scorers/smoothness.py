@@ -12,9 +12,9 @@ As in the released ``eval/get_motion_smoothness.py`` of OpenS2V-Nexus:
 The released script scores **all** frames (not 32 sampled ones); ``num_frames=None`` (the default) does
 the same, an integer samples that many frames uniformly first.
 
-The quality model is a :class:`WindowQualityModel`; :class:`QAlignQualityModel` is the adapter to the real
-``q-future/one-align`` checkpoint (mPLUG-Owl2 architecture, needs the ``q_align`` package) and is NOT
-verified in this repository (no weights available here).
+The quality model is a :class:`WindowQualityModel`; :class:`QAlignQualityModel` runs the real
+``q-future/one-align`` checkpoint on the native mPLUG-Owl2 port of :mod:`bindweave.eval.scorers.qalign`
+(no ``q_align`` package, no transformers 4.36), checked against the benchmark's code on a tiny checkpoint.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bindweave.eval.scorers.base import VideoSample, require_weights
+from bindweave.eval.scorers.base import VideoSample, require_files, require_weights
+from bindweave.eval.scorers.qalign import expand_to_square
 
 __all__ = [
     "QUALITY_LEVELS",
@@ -56,22 +57,15 @@ class WindowQualityModel(Protocol):
 
 
 def quality_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """``(N, 5)`` logits of the five quality words -> ``(N,)`` expected quality in [0, 1]."""
+    """``(N, 5)`` logits of the five quality words -> ``(N,)`` expected quality in [0, 1].
+
+    Computed in the logits' dtype, as the benchmark does (fp16 for the released model: the 0.025 artifact
+    threshold then sees fp16-rounded scores).
+    """
     if logits.shape[-1] != len(QUALITY_WEIGHTS):
         raise ValueError(f"expected logits for {len(QUALITY_WEIGHTS)} quality levels, got {logits.shape}")
-    weights = torch.tensor(QUALITY_WEIGHTS, dtype=torch.float32, device=logits.device)
-    return torch.softmax(logits.float(), dim=-1) @ weights
-
-
-def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
-    """Pad ``image`` to a square with ``fill``, content centred (Q-Align's preprocessing)."""
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    canvas = Image.new(image.mode, (side, side), fill)
-    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-    return canvas
+    weights = torch.tensor(QUALITY_WEIGHTS, dtype=logits.dtype, device=logits.device)
+    return torch.softmax(logits, dim=-1) @ weights
 
 
 def sliding_windows(num_frames: int, window: int = WINDOW) -> list[list[int]]:
@@ -120,7 +114,7 @@ class MotionSmoothnessScorer:
         window: int = WINDOW,
         threshold: float = ARTIFACT_THRESHOLD,
         num_frames: int | None = None,
-        batch_size: int = 16,
+        batch_size: int = 64,  # the benchmark's
     ) -> None:
         self.quality_model = quality_model
         self.window = window
@@ -147,50 +141,52 @@ class MotionSmoothnessScorer:
 
 
 class QAlignQualityModel:
-    """Adapter to Q-Align (``q-future/one-align``). NOT VERIFIED HERE: needs the ``q_align`` package
-    (https://github.com/Q-Future/Q-Align) and the 7B weights, neither of which is available in this repo.
+    """Q-Align (``q-future/one-align``) window quality, as the benchmark's ``QAlignVideoScorer`` computes it,
+    on the native port :class:`bindweave.eval.scorers.qalign.MplugOwl2QualityModel` (fp16, as released).
 
-    Mirrors the released scorer: prompt ``"USER: How would you rate the quality of this video?\\n<|image|>
-    \\nASSISTANT: The quality of the video is"``, frames padded to square with the processor's mean colour,
-    logits of the five quality words at the last position, :func:`quality_from_logits`.
+    Frames are padded to a square with the image processor's mean colour, preprocessed by the folder's
+    CLIP image processor, cast to the model dtype; the prompt is tokenised with the folder's
+    sentencepiece model; the logits of the five level words at the last position give
+    :func:`quality_from_logits` in the model dtype.
     """
 
-    PROMPT = "USER: How would you rate the quality of this video?\n<|image|>\nASSISTANT: The quality of the video is"
+    def __init__(
+        self, model_path: str | Path, device: str = "cuda", dtype: torch.dtype = torch.float16
+    ) -> None:
+        import sentencepiece
+        from transformers import CLIPImageProcessor
 
-    def __init__(self, model_path: str | Path, device: str = "cuda") -> None:
+        from bindweave.eval.scorers.qalign import MplugOwl2QualityModel, qalign_input_ids
+
         model_path = Path(model_path)
         require_weights("motion_smoothness", model_path, QALIGN_SOURCE)
-        try:
-            from q_align.constants import IMAGE_TOKEN_INDEX
-            from q_align.mm_utils import tokenizer_image_token
-            from q_align.model.builder import load_pretrained_model
-        except ImportError as exc:
-            raise ImportError(
-                "motion_smoothness needs the q_align package (https://github.com/Q-Future/Q-Align)"
-            ) from exc
-        tokenizer, model, image_processor, _ = load_pretrained_model(
-            str(model_path), None, "mplug_owl2", device=device
+        require_files(
+            "motion_smoothness",
+            [
+                (model_path / "tokenizer.model", QALIGN_SOURCE),
+                (model_path / "preprocessor_config.json", QALIGN_SOURCE),
+            ],
         )
-        self.model = model.eval().requires_grad_(False)
-        self.image_processor = image_processor
-        self.level_ids = [tokenizer([w])["input_ids"][0][1] for w in QUALITY_LEVELS]
-        self.input_ids = (
-            tokenizer_image_token(self.PROMPT, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
-            .unsqueeze(0)
-            .to(model.device)
-        )
-        self.fill = tuple(int(x * 255) for x in image_processor.image_mean)
+        self.device = torch.device(device)
+        self.model = MplugOwl2QualityModel.from_folder(model_path, dtype=dtype).to(self.device)
+        self.dtype = dtype
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(model_path / "tokenizer.model"))
+        self.input_ids = torch.tensor(qalign_input_ids(sp), device=self.device)
+        # The benchmark takes token [1] of tokenizer([word]): the first piece after BOS.
+        self.level_ids = [sp.encode(word)[0] for word in QUALITY_LEVELS]
+        self.image_processor = CLIPImageProcessor.from_pretrained(model_path)
+        self.fill = tuple(int(x * 255) for x in self.image_processor.image_mean)
 
-    @torch.inference_mode()
+    def pixels(self, window: Sequence[Image.Image]) -> torch.Tensor:
+        """``(F, 3, S, S)`` model input of one window."""
+        squares = [expand_to_square(f.convert("RGB"), self.fill) for f in window]
+        pixels = self.image_processor(images=squares, return_tensors="pt")["pixel_values"]
+        return pixels.to(self.device, self.dtype)
+
+    def level_logits(self, windows: Sequence[Sequence[Image.Image]]) -> torch.Tensor:
+        """``(B, 5)`` logits of "excellent" ... "bad" after each window."""
+        logits = self.model.last_logits(self.input_ids, [self.pixels(w) for w in windows])
+        return logits[:, self.level_ids]
+
     def __call__(self, windows: Sequence[Sequence[Image.Image]]) -> list[float]:
-        tensors = [
-            self.image_processor.preprocess(
-                [expand_to_square(f, self.fill) for f in win], return_tensors="pt"
-            )["pixel_values"]
-            .half()
-            .to(self.model.device)
-            for win in windows
-        ]
-        output = self.model(self.input_ids.repeat(len(tensors), 1), images=tensors)
-        logits = output["logits"][:, -1, self.level_ids]
-        return quality_from_logits(logits).tolist()
+        return quality_from_logits(self.level_logits(windows)).tolist()

@@ -1,0 +1,438 @@
+"""Q-Align ("q-future/one-align"), the MotionSmoothness quality model, ported natively to transformers 5.
+
+The released model is mPLUG-Owl2 (LLaMA-2-7B + a ViT-L/14 at 448 px + a visual abstractor), whose own code
+(the ``q_align`` package) needs transformers 4.36. This module rebuilds its inference path from standard
+blocks, reusing transformers' LLaMA RMSNorm, MLP and rotary embedding, and loads the released folder's
+weights (same parameter names) strictly:
+
+* vision: patch conv (no bias) + class token + learnt positions, pre-LN; pre-norm layers with a fused
+  QKV projection laid out per head ``(heads, 3, head_dim)``, QuickGELU MLP; post-LN on every token;
+* abstractor: learnt queries cross-attend (with their own keys prepended) to the vision tokens, with 1-D
+  sin-cos positions on the queries and 2-D sin-cos positions (class token first) on the keys; residuals
+  on the *normed* queries; SwiGLU MLP with an inner LayerNorm; then ``visual_fc`` and an end-of-image
+  token (``vit_eos``): ``num_queries + 1`` tokens per frame;
+* language model: LLaMA whose input/post-attention RMSNorms and K/V projections have two copies
+  ("multiway"), one for text tokens and one for image tokens; eager attention in fp16 with the softmax
+  in fp32, as transformers 4.36 runs it under Q-Align's pinned torch 2.0.1.
+
+Scoring (the benchmark's ``QAlignVideoScorer``): each window of frames is padded to a square with the
+image mean colour, preprocessed by the folder's CLIP image processor and cast to fp16; the prompt
+``USER: How would you rate the quality of this video?\\n<|image|>\\nASSISTANT: The quality of the video is``
+(its ``<|image|>`` replaced by the window's frame tokens); the logits of the first tokens of "excellent",
+"good", "fair", "poor", "bad" at the last position, softmax and weights 1, 0.75, 0.5, 0.25, 0, all in fp16.
+
+Checked against the ``q_align`` code and the benchmark's scorer under transformers 4.36.1 on a tiny random
+checkpoint in the one-align layout (``tests/eval/fixtures/make_qalign_fixture.py``,
+``tests/eval/test_eval_qalign_port.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+__all__ = ["MplugOwl2QualityModel", "QALIGN_PROMPT", "qalign_input_ids", "sincos_1d", "sincos_2d"]
+
+QALIGN_PROMPT = (
+    "USER: How would you rate the quality of this video?\n<|image|>\nASSISTANT: The quality of the video is"
+)
+IMAGE_PLACEHOLDER = "<|image|>"
+IMAGE_TOKEN_INDEX = -200
+
+
+# ------------------------------------------------------------------------------------- positions
+
+
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    """MAE's 1-D sin-cos embedding ``(M, dim)``: sines then cosines, frequencies 1 / 10000^(2i/dim)."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float32) / (dim / 2.0))
+    out = np.einsum("m,d->md", positions.reshape(-1).astype(np.float32), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim: int, grid: int) -> np.ndarray:
+    """MAE's 2-D sin-cos embedding with a zero class-token row first: ``(1 + grid**2, dim)``."""
+    w, h = np.meshgrid(np.arange(grid, dtype=np.float32), np.arange(grid, dtype=np.float32))
+    emb = np.concatenate([sincos_1d(dim // 2, w), sincos_1d(dim // 2, h)], axis=1)
+    return np.concatenate([np.zeros((1, dim)), emb], axis=0)
+
+
+# ------------------------------------------------------------------------------------------ vision
+
+
+class _VisionAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query_key_value = nn.Linear(dim, 3 * dim)
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        qkv = self.query_key_value(x).reshape(b, s, self.heads, 3, d // self.heads).permute(3, 0, 2, 1, 4)
+        scores = qkv[0] @ qkv[1].transpose(-1, -2) * (d // self.heads) ** -0.5  # (B, H, S, S)
+        out = (torch.softmax(scores, dim=-1) @ qkv[2]).permute(0, 2, 1, 3).reshape(b, s, d)
+        return self.dense(out)
+
+
+class _QuickGeluMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        return self.fc2(x * torch.sigmoid(1.702 * x))
+
+
+class _VisionLayer(nn.Module):
+    def __init__(self, dim: int, hidden: int, heads: int, eps: float) -> None:
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(dim, eps=eps)
+        self.self_attn = _VisionAttention(dim, heads)
+        self.post_attention_layernorm = nn.LayerNorm(dim, eps=eps)
+        self.mlp = _QuickGeluMLP(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class _VisionEmbeddings(nn.Module):
+    def __init__(self, dim: int, image_size: int, patch: int, eps: float) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch, bias=False)
+        self.position_embedding = nn.Parameter(torch.zeros(1, (image_size // patch) ** 2 + 1, dim))
+        self.pre_layernorm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (N, P, D)
+        x = torch.cat([self.cls_token.expand(len(patches), 1, -1).to(patches.dtype), patches], dim=1)
+        x = x + self.position_embedding[:, : x.shape[1]].to(patches.dtype)
+        return self.pre_layernorm(x)
+
+
+class _Layers(nn.Module):
+    """Holds ``layers`` (so parameter names read ``encoder.layers.N``, as released)."""
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+
+class _VisionModel(nn.Module):
+    def __init__(self, cfg: Mapping) -> None:
+        super().__init__()
+        dim, eps = cfg["hidden_size"], cfg.get("layer_norm_eps", 1e-6)
+        self.embeddings = _VisionEmbeddings(dim, cfg["image_size"], cfg["patch_size"], eps)
+        self.encoder = _Layers(
+            [
+                _VisionLayer(dim, cfg["intermediate_size"], cfg["num_attention_heads"], eps)
+                for _ in range(cfg["num_hidden_layers"])
+            ]
+        )
+        self.post_layernorm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.embeddings(pixels)
+        for layer in self.encoder.layers:
+            x = layer(x)
+        return self.post_layernorm(x)  # (N, 1 + P, D)
+
+
+# --------------------------------------------------------------------------------------- abstractor
+
+
+class _AbstractorAttention(nn.Module):
+    def __init__(self, dim: int, kv_dim: int, heads: int, num_queries: int, grid: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(kv_dim, dim)
+        self.value = nn.Linear(kv_dim, dim)
+        self.shape = (dim, num_queries, grid)
+        self.register_buffer("q_pos_embed", torch.zeros(num_queries, dim))
+        self.register_buffer("k_pos_embed", torch.zeros(1 + grid * grid, dim))
+        self.reset_positions()
+
+    def reset_positions(self) -> None:
+        """The fixed sin-cos positions (float32; the released files also store them)."""
+        dim, num_queries, grid = self.shape
+        self.q_pos_embed = torch.from_numpy(sincos_1d(dim, np.arange(num_queries))).float()
+        self.k_pos_embed = torch.from_numpy(sincos_2d(dim, grid)).float()
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        return x.view(b, s, self.heads, d // self.heads).permute(0, 2, 1, 3)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        # keys: the queries followed by the vision tokens, (N, Q + 1 + P, D)
+        pos = torch.cat([self.q_pos_embed, self.k_pos_embed]).unsqueeze(0).to(queries.dtype)
+        k = self._heads(self.key(keys + pos))
+        v = self._heads(self.value(keys))
+        q = self._heads(self.query(queries + self.q_pos_embed.unsqueeze(0).to(queries.dtype)))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        out = (torch.softmax(scores, dim=-1) @ v).permute(0, 2, 1, 3)
+        return out.reshape(out.shape[0], out.shape[1], -1)
+
+
+class _AbstractorMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden)
+        self.w2 = nn.Linear(hidden, dim)
+        self.w3 = nn.Linear(dim, hidden)
+        self.ffn_ln = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(self.ffn_ln(nn.functional.silu(self.w1(x)) * self.w3(x)))
+
+
+class _AbstractorOutput(nn.Module):
+    def __init__(self, dim: int, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.out_proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = _AbstractorMLP(dim, hidden, eps)
+
+    def forward(self, attended: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        x = residual + self.out_proj(attended)
+        return x + self.mlp(self.norm2(x))
+
+
+class _AbstractorCrossAttention(nn.Module):
+    def __init__(self, cfg: Mapping) -> None:
+        super().__init__()
+        dim, eps = cfg["hidden_size"], cfg.get("layer_norm_eps", 1e-6)
+        self.attention = _AbstractorAttention(
+            dim,
+            cfg["encoder_hidden_size"],
+            cfg["num_attention_heads"],
+            cfg["num_learnable_queries"],
+            cfg["grid_size"],
+        )
+        self.output = _AbstractorOutput(dim, cfg["intermediate_size"], eps)
+        self.norm1 = nn.LayerNorm(dim)
+        self.normk = nn.LayerNorm(dim)
+
+    def forward(self, queries: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
+        queries = self.norm1(queries)  # (quirk) the residual below is taken after this norm
+        keys = torch.cat([queries, self.normk(vision)], dim=1)
+        return self.output(self.attention(queries, keys), queries)
+
+
+class _AbstractorLayer(nn.Module):
+    def __init__(self, cfg: Mapping) -> None:
+        super().__init__()
+        self.crossattention = _AbstractorCrossAttention(cfg)
+
+
+class _Abstractor(nn.Module):
+    def __init__(self, cfg: Mapping, text_dim: int) -> None:
+        super().__init__()
+        self.encoder = _Layers([_AbstractorLayer(cfg) for _ in range(cfg["num_hidden_layers"])])
+        self.visual_fc = nn.Linear(cfg["hidden_size"], text_dim)
+        self.query_embeds = nn.Parameter(torch.zeros(1, cfg["num_learnable_queries"], cfg["hidden_size"]))
+        self.vit_eos = nn.Parameter(torch.zeros(1, 1, text_dim))
+
+    def forward(self, vision: torch.Tensor) -> torch.Tensor:
+        x = self.query_embeds.repeat(vision.shape[0], 1, 1)
+        for layer in self.encoder.layers:
+            x = layer.crossattention(x, vision)
+        x = self.visual_fc(x)
+        return torch.cat([x, self.vit_eos.repeat(x.shape[0], 1, 1)], dim=1)  # (N, Q + 1, D_text)
+
+
+# ---------------------------------------------------------------------------------- language model
+
+
+class _Multiway(nn.Module):
+    """Two copies of a module: ``multiway.0`` for text tokens, ``multiway.1`` for image tokens."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.multiway = nn.ModuleList([make(), make()])
+
+    def forward(self, x: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+        return torch.where(image_mask[..., None], self.multiway[1](x), self.multiway[0](x))
+
+
+class _TextAttention(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        dim, self.heads = config.hidden_size, config.num_attention_heads
+        self.head_dim = dim // self.heads
+        self.kv_heads = config.num_key_value_heads
+        kv = self.kv_heads * self.head_dim
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(dim, dim, bias=bias)
+        self.k_proj = _Multiway(lambda: nn.Linear(dim, kv, bias=bias))
+        self.v_proj = _Multiway(lambda: nn.Linear(dim, kv, bias=bias))
+        self.o_proj = nn.Linear(dim, dim, bias=bias)
+
+    def forward(self, x, image_mask, cos, sin, causal_mask) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x, image_mask).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x, image_mask).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        groups = self.heads // self.kv_heads
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+        scores = q @ k.transpose(2, 3) / math.sqrt(self.head_dim) + causal_mask  # (B, H, S, S)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # eager: fp32 softmax
+        return self.o_proj((probs @ v).transpose(1, 2).reshape(b, s, -1))
+
+
+class _TextLayer(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+        self.self_attn = _TextAttention(config)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = _Multiway(lambda: LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps))
+        self.post_attention_layernorm = _Multiway(
+            lambda: LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        )
+
+    def forward(self, x, image_mask, cos, sin, causal_mask) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x, image_mask), image_mask, cos, sin, causal_mask)
+        return x + self.mlp(self.post_attention_layernorm(x, image_mask))
+
+
+class _MplugOwl2Model(nn.Module):
+    def __init__(self, config, visual: Mapping) -> None:
+        super().__init__()
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding
+
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([_TextLayer(config) for _ in range(config.num_hidden_layers)])
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config)
+        self.vision_model = _VisionModel(visual["visual_model"])
+        self.visual_abstractor = _Abstractor(visual["visual_abstractor"], config.hidden_size)
+
+
+class MplugOwl2QualityModel(nn.Module):
+    """mPLUG-Owl2 for Q-Align's scoring: the next-token logits after a prompt with image windows."""
+
+    def __init__(self, config: Mapping) -> None:
+        super().__init__()
+        from transformers import LlamaConfig
+
+        text = {k: v for k, v in config.items() if k != "visual_config"}
+        for key in ("architectures", "model_type", "transformers_version", "torch_dtype", "auto_map"):
+            text.pop(key, None)
+        self.text_config = LlamaConfig(**text)
+        self.model = _MplugOwl2Model(self.text_config, config["visual_config"])
+        self.lm_head = nn.Linear(self.text_config.hidden_size, self.text_config.vocab_size, bias=False)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, dtype: torch.dtype = torch.float16) -> MplugOwl2QualityModel:
+        """Build from ``config.json`` and load the folder's weights strictly (safetensors or ``.bin``, sharded
+        or not). The abstractor's fixed sin-cos positions are recomputed when a checkpoint lacks them."""
+        folder = Path(folder)
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if config.get("model_type") != "mplug_owl2":
+            raise ValueError(
+                f"{folder / 'config.json'}: model_type {config.get('model_type')!r}, expected 'mplug_owl2'"
+            )
+        with torch.device("meta"):
+            model = cls(config)
+        result = model.load_state_dict(_read_state_dict(folder), strict=False, assign=True)
+        missing = [k for k in result.missing_keys if not k.endswith(("q_pos_embed", "k_pos_embed"))]
+        if missing or result.unexpected_keys:
+            raise KeyError(
+                f"{folder}: not a one-align (mPLUG-Owl2) checkpoint: missing {missing[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]}"
+            )
+        for module in model.modules():  # what the checkpoint lacks is rebuilt off the meta device
+            if isinstance(module, _AbstractorAttention) and module.q_pos_embed.is_meta:
+                module.reset_positions()
+        model = model.to(dtype)
+        # RoPE frequencies stay float32 (cast to fp16 they would shift the angles), as in transformers 4.36.
+        model.model.rotary_emb = type(model.model.rotary_emb)(model.text_config)
+        return model.eval().requires_grad_(False)
+
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(F, 3, S, S)`` frames -> ``(F * (Q + 1), D)`` image tokens, in frame order."""
+        return self.model.visual_abstractor(self.model.vision_model(pixels)).flatten(0, 1)
+
+    @torch.inference_mode()
+    def last_logits(self, input_ids: torch.Tensor, windows: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits ``(B, V)`` at the last position for ``input_ids`` (one ``-200`` placeholder) and one window
+        of frames ``(F, 3, S, S)`` per batch row."""
+        embed = self.model.embed_tokens
+        (split,) = (input_ids == IMAGE_TOKEN_INDEX).nonzero()[:, 0].tolist()
+        before, after = embed(input_ids[:split]), embed(input_ids[split + 1 :])
+        images = self.image_tokens(torch.cat(list(windows))).split(
+            [len(w) * (self.image_tokens_per_frame) for w in windows]
+        )
+        x = torch.stack([torch.cat([before, img.to(before.dtype), after]) for img in images])  # (B, L, D)
+        image_mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+        image_mask[:, split : split + images[0].shape[0]] = True
+        positions = torch.arange(x.shape[1], device=x.device)[None].expand(x.shape[0], -1)
+        cos, sin = self.model.rotary_emb(x, positions)
+        causal = torch.full(
+            (x.shape[1], x.shape[1]), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device
+        )
+        causal = torch.triu(causal, diagonal=1)[None, None]
+        for layer in self.model.layers:
+            x = layer(x, image_mask, cos, sin, causal)
+        return self.lm_head(self.model.norm(x[:, -1]))
+
+    @property
+    def image_tokens_per_frame(self) -> int:
+        return self.model.visual_abstractor.query_embeds.shape[1] + 1
+
+
+def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise FileNotFoundError(f"no weights (*.safetensors or pytorch_model*.bin) in {folder}")
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state.update(load_file(path))
+        else:
+            state.update(torch.load(path, map_location="cpu", weights_only=True))
+    return state
+
+
+def qalign_input_ids(sp_model, prompt: str = QALIGN_PROMPT) -> list[int]:
+    """The benchmark's ``tokenizer_image_token``: BOS, each text chunk's pieces, ``-200`` between chunks.
+
+    ``sp_model`` is the folder's sentencepiece model (what transformers 4.36's slow ``LlamaTokenizer``
+    encodes plain text with).
+    """
+    ids = [sp_model.bos_id()]
+    for i, chunk in enumerate(prompt.split(IMAGE_PLACEHOLDER)):
+        if i:
+            ids.append(IMAGE_TOKEN_INDEX)
+        if chunk:
+            ids.extend(sp_model.encode(chunk))
+    return ids
+
+
+def expand_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
+    """Pad to a square with ``fill``, content centred (Q-Align's ``expand2square``)."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
