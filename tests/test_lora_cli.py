@@ -18,10 +18,7 @@ from bindweave.generate_config import GenerateConfig, ModelConfig
 from bindweave.io.run_record import video_settings
 from bindweave.io.video import read_video
 from bindweave.lora.config import LoraSpec, resolve_lora_file
-from bindweave.testing import build_tiny_random_pipeline
 from bindweave.ui.settings import command_line, config_from_json, config_json, job_config, parse_request
-
-from .test_base_install import run_base_install
 
 SMALL = ["--height", "32", "--width", "48", "--num-frames", "5", "--steps", "2"]
 
@@ -41,8 +38,8 @@ def write_lora(path: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_random_pipeline(tmp_path_factory.mktemp("model") / "pipeline")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir  # the session's tiny pipeline folder, only read
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +126,9 @@ def test_generate_with_a_lora_and_the_lightx2v_sampler(model_dir, inputs, tmp_pa
     )
     plain, styled, fast = (read_video(tmp_path / f"{n}.mp4")[0] for n in ("plain", "lora", "fast"))
     assert plain.shape == styled.shape == fast.shape == (5, 32, 48, 3)
-    assert not np.array_equal(plain, styled) and not np.array_equal(styled, fast)
+    # The LoRA and the sampler change the video, not by rounding: float32 rounding (<= 7.6e-6 of the [0, 1]
+    # frames) flips a few pixels by one 8-bit level, a mean far below 0.05 level. Measured: 1.6 and 2.1.
+    assert np.abs(plain.astype(int) - styled).mean() > 0.5 and np.abs(styled.astype(int) - fast).mean() > 0.5
 
 
 def test_a_missing_lora_fails_before_any_model_loads(model_dir, inputs, tmp_path, caplog, monkeypatch):
@@ -175,31 +174,3 @@ def test_the_web_apps_settings_name_the_loras_and_sampler(inputs, tmp_path):
     assert cfg.from_namespace(GenerateConfig, args) == config
     assert json.loads(config_json(config))["loras"] == [f"{lora}:0.8", str(lora)]
     assert config_from_json(config_json(config)) == config
-
-
-# ---------------------------------------------------------------------------------------------- base install
-
-
-def test_lora_without_peft_names_the_extra_and_export_needs_none(inputs, tmp_path):
-    folder, refs, lora = inputs
-    # A `bindweave train` adapter as save_lora_adapter writes it (PEFT keys, its config in the metadata).
-    adapter = tmp_path / "checkpoint-000001" / "lora" / "pytorch_lora_weights.safetensors"
-    adapter.parent.mkdir(parents=True)
-    g = torch.Generator().manual_seed(0)
-    save_file(
-        {"blocks.0.attn1.to_q.lora_A.weight": torch.randn(4, 16, generator=g),
-         "blocks.0.attn1.to_q.lora_B.weight": torch.randn(16, 4, generator=g)},
-        adapter, metadata={"format": "pt", "lora_adapter_metadata": json.dumps({"r": 4, "lora_alpha": 8})},
-    )  # fmt: skip
-    runs = [
-        ["generate", "--refs", *refs, "--prompt", "p", "--out", "v.mp4", "--lora", str(lora)],
-        ["export-lora", str(adapter.parent.parent), "--out", "comfy.safetensors"],
-    ]
-    report = run_base_install(runs, tmp_path)
-    assert report["codes"] == [1, 0], report["stderr"][-2000:]
-    errors = [line for line in report["stderr"].splitlines() if line.startswith("ERROR")]
-    assert errors == [
-        "ERROR bindweave: bindweave generate needs 'peft', of the 'train' extra: pip install -e \".[train]\""
-    ]
-    assert "Traceback" not in report["stderr"]
-    assert (tmp_path / "comfy.safetensors").stat().st_size > 0

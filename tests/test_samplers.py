@@ -23,7 +23,7 @@ from bindweave.flow import (
 )
 from bindweave.pipeline import BindWeavePipeline
 from bindweave.samplers import SAMPLERS, get_sampler
-from bindweave.testing import build_tiny_release, tiny_transformer_kwargs
+from bindweave.testing import assert_close_to_float32_rounding, tiny_transformer_kwargs
 
 SIZE = dict(height=32, width=48, num_frames=5)
 
@@ -70,11 +70,11 @@ def test_sampler_defaults():
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    release = build_tiny_release(tmp_path_factory.mktemp("release"))
+def pipe(tiny_release):
     pipe = BindWeavePipeline.from_released(
-        release.wan, release.transformer, release.mllm, torch_dtype=torch.float32, **tiny_transformer_kwargs()
-    )
+        tiny_release.wan, tiny_release.transformer, tiny_release.mllm, torch_dtype=torch.float32,
+        **tiny_transformer_kwargs(),
+    )  # fmt: skip
     pipe.register_to_config(default_guidance_scale=5.0)  # the released default: CFG on
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -122,11 +122,11 @@ def test_lightx2v_runs_4_euler_steps_on_its_table_without_cfg(pipe, refs):
         latents = run(pipe, refs, sampler="lightx2v")
     sigmas, timesteps = lightx2v_sampling_sigmas(4)
     assert len(rec.inputs) == 4  # 4 steps, one branch: no CFG although the model's default is 5.0
-    assert torch.equal(torch.cat(rec.timesteps), timesteps)
+    assert torch.equal(torch.cat(rec.timesteps), timesteps)  # bitwise: one pure function, the same inputs
     steps = [*rec.inputs[1:], latents]
     for i, (x, v, following) in enumerate(zip(rec.inputs, rec.outputs, steps, strict=True)):
         expected = x - sigmas[i] * v + sigmas[i + 1] * v
-        torch.testing.assert_close(following, expected, rtol=0, atol=1e-6)
+        assert_close_to_float32_rounding(following, expected)
 
 
 def test_lightx2v_lcm_noises_the_predicted_latents_afresh(pipe, refs):
@@ -134,14 +134,15 @@ def test_lightx2v_lcm_noises_the_predicted_latents_afresh(pipe, refs):
         latents = run(pipe, refs, sampler="lightx2v-lcm", num_inference_steps=3)
     sigmas, _ = lightx2v_sampling_sigmas(3)
     assert len(rec.inputs) == 3
-    torch.testing.assert_close(latents, rec.inputs[-1] - sigmas[2] * rec.outputs[-1], rtol=0, atol=1e-6)
+    assert_close_to_float32_rounding(latents, rec.inputs[-1] - sigmas[2] * rec.outputs[-1])
     # In between: (1 - s') x0 + s' eps with fresh noise eps, which is neither the Euler step nor the x0.
     x0 = rec.inputs[0] - sigmas[0] * rec.outputs[0]
     eps = (rec.inputs[1] - (1 - sigmas[1]) * x0) / sigmas[1]
     assert 0.7 < eps.std() < 1.3 and not torch.allclose(
         rec.inputs[1], euler_step(rec.inputs[0], rec.outputs[0], sigmas[0], sigmas[1])
     )
-    assert torch.equal(run(pipe, refs, sampler="lightx2v-lcm", num_inference_steps=3), latents)  # seeded
+    # Seeded: the same pipeline instance run twice (same kernels, same storage), so bitwise.
+    assert torch.equal(run(pipe, refs, sampler="lightx2v-lcm", num_inference_steps=3), latents)
 
 
 def test_euler_takes_the_released_timesteps(pipe, refs):
@@ -149,7 +150,9 @@ def test_euler_takes_the_released_timesteps(pipe, refs):
         run(pipe, refs, sampler="euler", num_inference_steps=3, guidance_scale=1.0)
     sigmas, timesteps = released_sampling_sigmas(3, shift=pipe.scheduler.config.flow_shift)
     assert [t.item() for t in rec.timesteps] == timesteps.tolist()
-    torch.testing.assert_close(rec.inputs[1], euler_step(rec.inputs[0], rec.outputs[0], sigmas[0], sigmas[1]))
+    assert_close_to_float32_rounding(
+        rec.inputs[1], euler_step(rec.inputs[0], rec.outputs[0], sigmas[0], sigmas[1])
+    )
 
 
 def test_cfg_with_a_distillation_sampler_is_warned_about(pipe, refs, caplog):
@@ -160,6 +163,7 @@ def test_cfg_with_a_distillation_sampler_is_warned_about(pipe, refs, caplog):
 
 
 def test_unipc_is_still_the_default(pipe, refs):
+    # Bitwise: one pipeline instance run twice with the same seed (same kernels, same storage).
     assert torch.equal(
         run(pipe, refs, num_inference_steps=2), run(pipe, refs, num_inference_steps=2, sampler="unipc")
     )

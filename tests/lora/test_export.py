@@ -16,21 +16,13 @@ from bindweave import cli
 from bindweave.lora.export import export_lora
 from bindweave.lora.keys import LoraError
 from bindweave.pipeline import BindWeavePipeline
-from bindweave.testing import build_tiny_release, tiny_transformer_kwargs
+from bindweave.testing import assert_close_to_float32_rounding
 from bindweave.training.config import LoRAConfig
 from bindweave.training.model import configure_trainable
 
 RANK, ALPHA = 4, 8.0
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj", "ffn.net.0.proj",
            "text_projector.linear_1", "text_projector.linear_2"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> BindWeavePipeline:
-    release = build_tiny_release(tmp_path_factory.mktemp("release"))
-    return BindWeavePipeline.from_released(
-        release.wan, release.transformer, release.mllm, torch_dtype=torch.float32, **tiny_transformer_kwargs()
-    )
 
 
 def with_transformer(base: BindWeavePipeline, transformer) -> BindWeavePipeline:
@@ -76,7 +68,7 @@ def test_the_export_has_original_wan_keys_and_alpha(trained, tmp_path):
         "text_projection.0": "condition_embedder.text_projector.linear_1",
         "text_projection.2": "condition_embedder.text_projector.linear_2",
     }
-    for theirs, ours in pairs.items():
+    for theirs, ours in pairs.items():  # bitwise: the export copies the stored matrices, no arithmetic
         assert torch.equal(
             tensors[f"diffusion_model.{theirs}.lora_down.weight"], adapter[f"{ours}.lora_A.weight"]
         )
@@ -97,15 +89,23 @@ def test_reimporting_the_export_reproduces_the_adapters_output(base, trained, tm
 
     reimported = with_transformer(base, copy.deepcopy(base.transformer))
     reimported.load_lora_weights(str(out), adapter_name="comfy")
-    torch.testing.assert_close(latents(reimported), expected, rtol=1e-4, atol=1e-5)
+    # Up to rounding: on re-import diffusers folds alpha / rank into lora_A, where PEFT scaled the product.
+    assert_close_to_float32_rounding(latents(reimported), expected)
     # Fused, as `--lora` applies it: the merged weights are PEFT's own merge of the adapter.
     reimported.fuse_lora(components=["transformer"], adapter_names=["comfy"])
     reimported.unload_lora_weights()
     merged = copy.deepcopy(transformer)
     merged.fuse_lora()
     merged.unload_lora()
+    state = reimported.transformer.state_dict()
+    assert state.keys() == merged.state_dict().keys()
     for key, value in merged.state_dict().items():
-        torch.testing.assert_close(reimported.transformer.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+        if torch.equal(
+            value, base.transformer.state_dict()[key]
+        ):  # no LoRA there: both kept the copied tensor
+            assert torch.equal(state[key], value), key
+        else:
+            assert_close_to_float32_rounding(state[key], value)
 
 
 def test_export_lora_command(trained, tmp_path, capsys):

@@ -36,6 +36,9 @@ def _folder_with(model, values: dict[str, torch.Tensor], folder, dtype: torch.dt
 
 
 def _assert_same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    """Bitwise: parameters, not outputs. Both sides are the same stored values, cast (or multiplied by their
+    scale, one rounding per element whatever the storage) and copied: no reduction whose rounding depends
+    on where the tensors lie."""
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     for key in sa:

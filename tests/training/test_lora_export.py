@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from bindweave import cli
 from bindweave.pipeline import BindWeavePipeline
+from bindweave.testing import assert_close_to_float32_rounding
 from bindweave.training.trainer import run_train
 
 from .conftest import build_config, tiny_config_dict
@@ -46,4 +47,5 @@ def test_a_trained_lora_exports_and_reimports_to_the_same_video(
 
     comfy = BindWeavePipeline.from_pretrained(checkpoint, dtype=torch.float32)
     comfy.load_lora_weights(str(out))
-    torch.testing.assert_close(generate(comfy), expected, rtol=1e-4, atol=1e-5)
+    # Up to rounding: on re-import diffusers folds alpha / rank into lora_A, where PEFT scaled the product.
+    assert_close_to_float32_rounding(generate(comfy), expected)
