@@ -158,3 +158,29 @@ def test_original_names_cover_the_whole_model(model):
     names = [original_wan_name(k) for k in model.state_dict()]
     assert len(set(names)) == len(names)
     assert "blocks.0.norm3.weight" in names and "blocks.0.norm2.weight" not in names
+
+
+def test_the_released_pipeline_and_the_cli_take_a_single_file(tiny_release, tmp_path):
+    """``--wan W --transformer FILE``: the options accept the file, the preflight reads the MLLM width from
+    its header, and ``from_released`` loads it (here fp8_scaled) as ``from_single_file`` dequantises it."""
+    from bindweave.generate_config import WeightsConfig
+    from bindweave.pipeline import BindWeavePipeline
+    from bindweave.preflight import saved_model
+
+    kwargs = tiny_transformer_kwargs()
+    released = BindWeaveTransformer3DModel.from_pretrained(tiny_release.transformer, **kwargs)
+    path = tmp_path / "bindweave_fp8_scaled.safetensors"
+    expected = write_single_file(released.state_dict(), path, "fp8_scaled")
+
+    WeightsConfig(wan=tiny_release.wan, transformer=path).check_folders()
+    with pytest.raises(FileNotFoundError, match=r"--transformer .*missing\.safetensors: no such file"):
+        WeightsConfig(wan=tiny_release.wan, transformer=tmp_path / "missing.safetensors").check_folders()
+    assert saved_model(None, tiny_release.wan, path, tiny_release.mllm).mllm_dim == kwargs["mllm_dim"]
+
+    pipe = BindWeavePipeline.from_released(
+        tiny_release.wan, path, tiny_release.mllm, torch_dtype=torch.float32, **kwargs
+    )
+    state = pipe.transformer.state_dict()
+    assert state.keys() == expected.keys()
+    for key, value in expected.items():  # bitwise: the same elementwise dequantisation of the same values
+        assert torch.equal(state[key], value.float()), key
