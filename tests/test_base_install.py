@@ -85,10 +85,22 @@ def test_inference_commands_run_on_the_embedded_model_without_the_extras(tmp_pat
         ["run-manifest", "--manifest", "manifest.json", "--images-dir", ".", "--out", "manifest", *small],
         ["extract-mllm", "--manifest", "manifest.json", "--images-dir", ".", "--out", "states"],
         ["bench", "--repeats", "1", "--steps", "1", "--no-compare-stock"],
+        [
+            "export-lora",
+            str(write_trained_lora(tmp_path / "checkpoint-000001")),
+            "--out",
+            "comfy.safetensors",
+        ],
     ]
     report = run_base_install(runs, tmp_path)
     assert report["codes"] == [0] * len(runs), report["stderr"][-3000:]
-    for path in ("demo/demo.mp4", "demo/demo.png", "generate.mp4", "manifest/case_1.mp4"):
+    for path in (
+        "demo/demo.mp4",
+        "demo/demo.png",
+        "generate.mp4",
+        "manifest/case_1.mp4",
+        "comfy.safetensors",
+    ):
         assert (tmp_path / path).stat().st_size > 0, path
     assert sorted(p.name for p in (tmp_path / "states").glob("*.pt")) == [
         "case_1_hidden_states.pt",
@@ -105,18 +117,48 @@ def test_inference_commands_run_on_the_embedded_model_without_the_extras(tmp_pat
     assert report["stderr"].count(warning) == 2
 
 
+def write_trained_lora(checkpoint: Path) -> Path:
+    """A ``bindweave train`` checkpoint's adapter as ``save_lora_adapter`` writes it (PEFT keys and config)."""
+    import torch
+    from safetensors.torch import save_file
+
+    adapter = checkpoint / "lora" / "pytorch_lora_weights.safetensors"
+    adapter.parent.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    save_file(
+        {"blocks.0.attn1.to_q.lora_A.weight": torch.randn(4, 16, generator=g),
+         "blocks.0.attn1.to_q.lora_B.weight": torch.randn(16, 4, generator=g)},
+        adapter, metadata={"format": "pt", "lora_adapter_metadata": json.dumps({"r": 4, "lora_alpha": 8})},
+    )  # fmt: skip
+    return checkpoint
+
+
 def test_a_command_that_needs_an_extra_names_it_in_one_line(tmp_path):
+    lora = write_trained_lora(tmp_path / "checkpoint-000001")  # --lora loads through PEFT
     runs = {
         "train": ["train", "missing.yaml"],
         "precompute": ["precompute", "--config", "c.yaml", "--manifest", "m.jsonl", "--output-dir", "out"],
         "ui": ["ui"],
+        "generate --lora": [
+            "generate",
+            "--refs",
+            "r.png",
+            "--prompt",
+            "p",
+            "--out",
+            "v.mp4",
+            "--lora",
+            str(lora),
+        ],
     }
+    (tmp_path / "r.png").write_bytes(b"")  # --lora is checked first: the references are never read
     report = run_base_install(list(runs.values()), tmp_path)
-    assert report["codes"] == [1, 1, 1]
+    assert report["codes"] == [1, 1, 1, 1]
     errors = [line for line in report["stderr"].splitlines() if line.startswith("ERROR")]
     assert errors == [
         "ERROR bindweave: bindweave train needs 'peft', of the 'train' extra: pip install -e \".[train]\"",
         "ERROR bindweave: bindweave precompute needs 'peft', of the 'train' extra: pip install -e \".[train]\"",
         "ERROR bindweave: the web app needs Gradio 5 or newer, of the 'ui' extra: pip install -e \".[ui]\"",
+        "ERROR bindweave: bindweave generate needs 'peft', of the 'train' extra: pip install -e \".[train]\"",
     ], report["stderr"][-2000:]
     assert "Traceback" not in report["stderr"]

@@ -145,6 +145,12 @@ COMMANDS = [
         "bindweave.toy.evaluate:run_toy_eval",
     ),
     Command(
+        "export-lora",
+        "write a LoRA trained with `bindweave train` as one ComfyUI / original-Wan .safetensors file",
+        "bindweave.lora.config:ExportLoraConfig",
+        "bindweave.lora.export:run_export_lora",
+    ),
+    Command(
         "extract-mllm",
         "save the MLLM states of a manifest in the released .pt format, plus a manifest copy pointing at them",
         f"{_GEN_CONFIG}:ExtractMLLMConfig",

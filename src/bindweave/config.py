@@ -25,10 +25,18 @@ def field(
     help: str,
     flag: str | None = None,
     positional: bool = False,
+    repeat: bool = False,
+    metavar: str | None = None,
     **kwargs: Any,
 ) -> Any:
-    """A dataclass field carrying its CLI help text; optionally an explicit flag name, or positional."""
-    metadata: dict[str, Any] = {"help": help, "positional": positional}
+    """A dataclass field carrying its CLI help text; optionally an explicit flag name, or positional.
+
+    A ``list`` field with ``repeat`` takes one value per occurrence of its flag (``--lora a --lora b``)
+    instead of several values after one flag.
+    """
+    metadata: dict[str, Any] = {"help": help, "positional": positional, "repeat": repeat}
+    if metavar is not None:
+        metadata["metavar"] = metavar
     if flag is not None:
         metadata["flag"] = flag
     if "default_factory" in kwargs:
@@ -64,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
         if has_default:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             kwargs["default"] = default
-            if default is not None and tp is not bool:
+            if default not in (None, []) and tp is not bool:
                 kwargs["help"] += f" (default: {default})"
         else:
             kwargs["required"] = True
@@ -78,14 +86,20 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
             kwargs["type"] = type(choices[0])
         elif origin is list:
             (item,) = typing.get_args(tp)
-            kwargs["nargs"] = "+"
             kwargs["type"] = item
+            if f.metadata.get("repeat"):
+                # argparse appends to the default list itself: start from None, see from_namespace.
+                kwargs["action"], kwargs["default"] = "append", None
+            else:
+                kwargs["nargs"] = "+"
         elif tp in (str, int, float, Path):
             kwargs["type"] = tp
         else:  # pragma: no cover - a programming error in a config class
             raise TypeError(f"{config_cls.__name__}.{f.name}: unsupported CLI type {tp!r}")
         if optional and tp is not bool:
             kwargs.setdefault("default", None)
+        if "metavar" in f.metadata:
+            kwargs["metavar"] = f.metadata["metavar"]
         if f.metadata.get("positional"):
             kwargs.pop("required", None)
             parser.add_argument(kwargs.pop("dest"), **kwargs)
@@ -96,6 +110,11 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
 def from_namespace(config_cls: type[T], namespace: argparse.Namespace) -> T:
     """Build ``config_cls`` from the options that :func:`add_arguments` added."""
     values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(config_cls)}
+    for f in dataclasses.fields(config_cls):  # a repeatable option given no time: its default
+        if f.metadata.get("repeat") and values[f.name] is None:
+            values[f.name] = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
     return config_cls(**values)
 
 

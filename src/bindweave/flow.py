@@ -7,6 +7,10 @@ The sampler's sigma table is the one of diffusers 0.33.1, the version the releas
 diffusers space the flow sigmas differently (at 50 steps, 40 of the 50 timesteps differ by 1-3), so the
 pipeline passes the released grid to the scheduler explicitly (:func:`released_sigma_grid`) and checks the
 table it gets against :func:`released_sampling_sigmas`.
+
+The few-step samplers of distillation LoRAs (:mod:`bindweave.samplers`) run on LightX2V's table
+(:func:`lightx2v_sampling_sigmas`) with an Euler (:func:`euler_step`) or consistency (:func:`lcm_step`)
+update; ``euler`` also runs on the released table.
 """
 
 from __future__ import annotations
@@ -56,6 +60,55 @@ def released_sampling_sigmas(
     sigmas = torch.from_numpy(np.append(shifted, 0.0).astype(np.float32))
     timesteps = torch.from_numpy((shifted * num_train_timesteps).astype(np.int64))
     return sigmas, timesteps
+
+
+def lightx2v_step_list(num_steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:
+    """LightX2V's ``denoising_step_list`` for ``num_steps``: ``[1000, 750, 500, 250]`` for 4, ``T (n - i) // n``."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return [num_train_timesteps * (num_steps - i) // num_steps for i in range(num_steps)]
+
+
+def lightx2v_sampling_sigmas(
+    num_steps: int, shift: float = 5.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The table LightX2V samples its Wan2.1 distillation LoRAs on: ``(sigmas, timesteps)``.
+
+    LightX2V's ``WanStepDistillScheduler``: the training table (``T`` sigmas from 1 down, shifted), indexed
+    at ``T - step`` for each step of :func:`lightx2v_step_list`, in float32 as there. ``sigmas``:
+    ``(num_steps + 1,)`` float32 with a final 0; ``timesteps``: ``(num_steps,)`` float32, ``T * sigma``.
+    4 steps at shift 5: sigmas 1, 0.9375, 0.8333, 0.625, 0.
+    """
+    table = torch.linspace(1.0, 0.0, num_train_timesteps + 1, dtype=torch.float32)[:-1]
+    table = shift * table / (1 + (shift - 1) * table)
+    index = [num_train_timesteps - step for step in lightx2v_step_list(num_steps, num_train_timesteps)]
+    sigmas = table[index]
+    return torch.cat([sigmas, sigmas.new_zeros(1)]), sigmas * num_train_timesteps
+
+
+def predicted_sample(sample: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The clean latents a velocity predicts at ``sigma``: ``x_0 = x_t - s * v``."""
+    return sample - sigma * velocity
+
+
+def euler_step(sample: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """One flow-matching Euler step from ``sigma`` to ``sigma_next``: ``x_0 + s' v``, i.e. ``x_t + (s' - s) v``.
+
+    Computed in float32 as LightX2V does (``x_0`` first), returned in the sample's dtype.
+    """
+    v = velocity.float()
+    return (predicted_sample(sample.float(), v, sigma) + sigma_next * v).to(sample.dtype)
+
+
+def lcm_step(
+    sample: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float, noise: torch.Tensor
+) -> torch.Tensor:
+    """One consistency (LCM) step: the predicted ``x_0`` noised afresh to ``sigma_next`` with ``noise``.
+
+    ``(1 - s') x_0 + s' eps``; at ``sigma_next = 0`` it is ``x_0``. In float32, returned in the sample's dtype.
+    """
+    x0 = predicted_sample(sample.float(), velocity.float(), sigma)
+    return add_noise(x0, noise.float(), torch.tensor(sigma_next)).to(sample.dtype)
 
 
 def sigma_to_timestep(sigmas: torch.Tensor, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:

@@ -101,6 +101,10 @@ def load_pipeline(config: ModelConfig):
 
             pipe.mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.mllm, dtype=dtype)
             pipe.mllm_processor = load_mllm_processor(config.mllm)
+    if config.loras:  # fused into the weights before the speed options (fp8, offloading) see them
+        from .lora.apply import apply_loras
+
+        apply_loras(pipe, config.lora_specs())
     apply_perf_config(pipe, config, device, distributed)
     return pipe
 
@@ -117,6 +121,7 @@ def sampling_kwargs(config: SamplingConfig) -> dict:
         num_inference_steps=config.steps,
         guidance_scale=config.guidance,
         generator=torch.Generator(device="cpu").manual_seed(config.seed),
+        sampler=config.sampler,
     )
 
 

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Literal
 
 from .conditioning.prompts import DEFAULT_NEGATIVE_PROMPT
 from .config import field
+from .lora.config import LoraSpec, check_lora_args
 from .perf.config import PerfConfig
 from .refine import RefineOptions
+from .samplers import SamplerKind, get_sampler
 
 if TYPE_CHECKING:
     from .preflight import SavedModel
@@ -46,7 +48,11 @@ class WeightsConfig:
     wan: Path | None = field(
         None, help="released Wan2.1-I2V-14B-720P-Diffusers folder (use with --transformer)"
     )
-    transformer: Path | None = field(None, help="released BindWeave transformer folder (use with --wan)")
+    transformer: Path | None = field(
+        None,
+        help="released BindWeave transformer folder, or a single-file checkpoint in the original Wan / ComfyUI "
+        "layout (.safetensors: fp32, bf16, fp16, fp8 or fp8_scaled) (use with --wan)",
+    )
     mllm: Path | None = field(
         None, help="Qwen2.5-VL-7B-Instruct folder (not needed with precomputed MLLM states)"
     )
@@ -68,7 +74,10 @@ class WeightsConfig:
             raise ValueError("give either --model or --wan/--transformer, not both")
         for name in ("model", "wan", "transformer", "mllm"):
             folder = getattr(self, name)
-            if folder is not None and not Path(folder).is_dir():
+            if name == "transformer" and folder is not None and Path(folder).suffix == ".safetensors":
+                if not Path(folder).is_file():
+                    raise FileNotFoundError(f"--transformer {folder}: no such file")
+            elif folder is not None and not Path(folder).is_dir():
                 raise FileNotFoundError(f"--{name} {folder}: no such folder")
 
     def validate_weights(self) -> None:
@@ -87,12 +96,28 @@ class WeightsConfig:
 
 @dataclass(kw_only=True)
 class ModelConfig(WeightsConfig, PerfConfig):
-    """Which weights to load, where to run them, and how fast and lean (:class:`PerfConfig`)."""
+    """Which weights to load, the LoRAs fused into them, where to run them, and how fast and lean
+    (:class:`PerfConfig`)."""
+
+    loras: list[str] = field(
+        default_factory=list,
+        flag="--lora",
+        repeat=True,
+        metavar="PATH[:SCALE]",
+        help="a LoRA fused into the DiT, PATH[:SCALE] (scale 1 by default; repeat the option for several): "
+        "a .safetensors file in diffusers / PEFT or original Wan / ComfyUI keys, or a `bindweave train` "
+        "checkpoint; needs the 'train' extra (peft)",
+    )
+
+    def lora_specs(self) -> list[LoraSpec]:
+        """The ``--lora`` arguments, parsed."""
+        return [LoraSpec.parse(text) for text in self.loras]
 
     def validate_model(self) -> None:
         """Every model option that can be checked without loading the model."""
         self.validate_perf()
         self.validate_weights()
+        check_lora_args(self.loras)
 
 
 @dataclass(kw_only=True)
@@ -113,13 +138,19 @@ class SamplingConfig:
     )
     steps: int | None = field(
         None,
-        help="UniPC sampling steps (default: the model's: 20 for the embedded model, the paper's 50 for the "
-        "released one)",
+        help="sampling steps (default: 4 for the lightx2v samplers, else the model's: 20 for the embedded "
+        "model, the paper's 50 for the released one)",
     )
     guidance: float | None = field(
         None,
-        help="classifier-free guidance scale, 1 disables the negative branch (default: the model's: 1.0 for "
-        "the embedded model, trained without a negative branch; the paper's 5.0 for the released one)",
+        help="classifier-free guidance scale, 1 disables the negative branch (default: 1.0 for the lightx2v "
+        "samplers, else the model's: 1.0 for the embedded model, trained without a negative branch; the "
+        "paper's 5.0 for the released one)",
+    )
+    sampler: SamplerKind = field(
+        "unipc",
+        help="unipc: the released UniPC; euler: Euler on the same timesteps; lightx2v / lightx2v-lcm: the "
+        "4-step, shift-5, no-CFG sampling of LightX2V's step-distillation LoRAs (Euler / LCM update)",
     )
     seed: int = field(42, help="seed of the initial noise")
     negative_prompt: str = field(DEFAULT_NEGATIVE_PROMPT, help="negative prompt")
@@ -132,8 +163,13 @@ class SamplingConfig:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         check_guidance(self.guidance)
         check_seed(self.seed)
+        get_sampler(self.sampler)
         if self.fps < 1:
             raise ValueError(f"--fps must be >= 1, got {self.fps}")
+
+    def requested_guidance(self) -> float | None:
+        """The guidance the run asks for: ``--guidance``, else the sampler's (1 for lightx2v); None: the model's."""
+        return self.guidance if self.guidance is not None else get_sampler(self.sampler).default_guidance
 
 
 def check_video_size(height: int | None, width: int | None, num_frames: int | None) -> None:

@@ -38,12 +38,21 @@ from .conditioning.mllm import MLLM_NEGATIVE_SUFFIX, encode_mllm, load_mllm_proc
 from .conditioning.references import Letterboxed, ReferenceInput, letterbox, load_references
 from .conditioning.text import DEFAULT_NEGATIVE_PROMPT, encode_t5
 from .denoiser import Conditioning, guided_velocity
-from .flow import released_sampling_sigmas, released_sigma_grid, sampling_scheduler
+from .flow import (
+    euler_step,
+    lcm_step,
+    lightx2v_sampling_sigmas,
+    released_sampling_sigmas,
+    released_sigma_grid,
+    sampling_scheduler,
+)
+from .lora.loader import BindWeaveLoraLoaderMixin
 from .models import BindWeaveTransformer3DModel
 from .perf.caching import StepCacheSpec
 from .perf.cross_attention import context_kv_cache, install_fast_cross_attention
 from .perf.kinds import Precision
 from .perf.parallel import ContextParallelKind, check_sequence_split, enable_context_parallel
+from .samplers import LIGHTX2V_SHIFT, Sampler, get_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +62,12 @@ MLLMStates = torch.Tensor | str | os.PathLike
 PRECISION_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "released": torch.bfloat16}
 
 
-class BindWeavePipeline(DiffusionPipeline):
+class BindWeavePipeline(DiffusionPipeline, BindWeaveLoraLoaderMixin):
     r"""Generate a video of the given reference subjects acting as the prompt says.
+
+    LoRAs for the DiT load as for diffusers' Wan pipelines (``load_lora_weights``, ``set_adapters``,
+    ``fuse_lora`` / ``unfuse_lora``, ``unload_lora_weights``: :mod:`bindweave.lora.loader`), and a LoRA
+    that matches no layer or has other shapes is an error instead of a silent no-op.
 
     Components:
         tokenizer / text_encoder: umT5-XXL (Wan2.1).
@@ -135,7 +148,9 @@ class BindWeavePipeline(DiffusionPipeline):
         Args:
             wan_path: a ``Wan2.1-I2V-14B-720P-Diffusers`` folder (umT5, CLIP, VAE; its transformer and
                 scheduler are not used).
-            transformer_path: the BindWeave checkpoint folder (with or without ``config.json``).
+            transformer_path: the BindWeave checkpoint folder (with or without ``config.json``), or a
+                single-file checkpoint in the original Wan / ComfyUI layout
+                (:meth:`BindWeaveTransformer3DModel.from_single_file`).
             mllm_path: a ``Qwen2.5-VL-7B-Instruct`` folder; leave out to pass precomputed MLLM states.
             torch_dtype: dtype of the transformer, umT5, CLIP and MLLM. The VAE stays float32, as Wan does.
             transformer_kwargs: config overrides for a configless transformer folder of another size.
@@ -154,8 +169,14 @@ class BindWeavePipeline(DiffusionPipeline):
             ),
             image_processor=CLIPImageProcessor.from_pretrained(wan_path, subfolder="image_processor"),
             vae=AutoencoderKLWan.from_pretrained(wan_path, subfolder="vae", dtype=torch.float32),
-            transformer=BindWeaveTransformer3DModel.from_pretrained(
-                transformer_path, dtype=torch_dtype, **transformer_kwargs
+            transformer=(
+                BindWeaveTransformer3DModel.from_single_file(
+                    transformer_path, dtype=torch_dtype, **transformer_kwargs
+                )
+                if os.path.isfile(transformer_path)
+                else BindWeaveTransformer3DModel.from_pretrained(
+                    transformer_path, dtype=torch_dtype, **transformer_kwargs
+                )
             ),
             # The released sampler settings (flow_shift 3), not the Wan folder's scheduler config.
             scheduler=sampling_scheduler(),
@@ -350,15 +371,27 @@ class BindWeavePipeline(DiffusionPipeline):
         num_inference_steps: int,
         guidance_scale: float,
         callback_on_step_end: Callable | None,
+        sampler: str = "unipc",
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
+        """Run ``sampler`` (:mod:`bindweave.samplers`) from noise ``latents`` to clean latents.
+
+        ``generator`` draws the fresh noise of the ``lightx2v-lcm`` update (unused by the others).
+        """
         device = latents.device
-        self.prepare_timesteps(num_inference_steps, device)
+        kind = get_sampler(sampler)
+        if kind.update == "unipc":
+            self.prepare_timesteps(num_inference_steps, device)
+            timesteps, sigmas = self.scheduler.timesteps, None
+        else:
+            sigmas, timesteps = self.sampling_table(kind, num_inference_steps)
+            timesteps = timesteps.to(device)
         self._prepare_step_cache(num_inference_steps)
         reuse_context = (
             context_kv_cache(self.transformer) if self._context_kv_cache else contextlib.nullcontext()
         )
         with self.progress_bar(total=num_inference_steps) as progress_bar, reuse_context:
-            for i, t in enumerate(self.scheduler.timesteps):
+            for i, t in enumerate(timesteps):
                 if self.interrupt:
                     break
                 timestep = t.expand(latents.shape[0]).to(device)
@@ -372,9 +405,16 @@ class BindWeavePipeline(DiffusionPipeline):
                     batch_cfg=self._batch_cfg,
                     dtype=self._sampling_dtype,
                 )
-                latents = self.scheduler.step(
-                    velocity.to(self._sampling_dtype), t, latents, return_dict=False
-                )[0]
+                velocity = velocity.to(self._sampling_dtype)
+                if kind.update == "unipc":
+                    latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                elif kind.update == "euler":
+                    latents = euler_step(latents, velocity, sigmas[i].item(), sigmas[i + 1].item())
+                else:  # lcm: fresh noise for the next sigma, drawn as the initial noise is
+                    noise = randn_tensor(
+                        latents.shape, generator=generator, device=device, dtype=self._sampling_dtype
+                    )
+                    latents = lcm_step(latents, velocity, sigmas[i].item(), sigmas[i + 1].item(), noise)
                 if callback_on_step_end is not None:
                     outputs = callback_on_step_end(self, i, t, {"latents": latents})
                     latents = outputs.pop("latents", latents)
@@ -403,6 +443,17 @@ class BindWeavePipeline(DiffusionPipeline):
                 f"table (first timesteps {self.scheduler.timesteps[:3].tolist()}, expected "
                 f"{timesteps[:3].tolist()}): the scheduler must shift explicit flow sigmas with flow_shift"
             )
+
+    def sampling_table(self, sampler: Sampler, num_inference_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sigmas, timesteps)`` of a non-UniPC sampler: ``(steps + 1,)`` sigmas ending in 0, ``(steps,)``.
+
+        The released table at the scheduler's ``flow_shift`` (the timesteps UniPC takes), or LightX2V's at
+        shift 5 (:func:`bindweave.flow.lightx2v_sampling_sigmas`).
+        """
+        config = self.scheduler.config
+        if sampler.table == "lightx2v":
+            return lightx2v_sampling_sigmas(num_inference_steps, LIGHTX2V_SHIFT, config.num_train_timesteps)
+        return released_sampling_sigmas(num_inference_steps, config.flow_shift, config.num_train_timesteps)
 
     def _prepare_step_cache(self, num_inference_steps: int) -> None:
         """Apply the step cache for this many steps, starting from an empty cache state."""
@@ -448,6 +499,7 @@ class BindWeavePipeline(DiffusionPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end: Callable[[BindWeavePipeline, int, torch.Tensor, dict], dict] | None = None,
+        sampler: str = "unipc",
     ) -> WanPipelineOutput | tuple:
         r"""Generate a video.
 
@@ -459,15 +511,18 @@ class BindWeavePipeline(DiffusionPipeline):
             height, width: output size, multiples of 16; default the model's native size
                 (``default_height`` / ``default_width`` in its config: 720x1280 for the released model).
             num_frames: ``4k + 1`` frames; default ``default_num_frames`` (81, at 16 fps, when released).
-            num_inference_steps: UniPC steps; default ``default_num_inference_steps`` (50 when released).
-            guidance_scale: classifier-free guidance; 1 disables the unconditional branch; default
-                ``default_guidance_scale`` (5.0 for the released model).
+            num_inference_steps: sampling steps; default the sampler's (4 for the ``lightx2v`` ones), else
+                ``default_num_inference_steps`` (50 when released).
+            guidance_scale: classifier-free guidance; 1 disables the unconditional branch; default the
+                sampler's (1 for the ``lightx2v`` ones), else ``default_guidance_scale`` (5.0 when released).
             generator: for the initial noise.
             mllm_hidden_states, negative_mllm_hidden_states: precomputed MLLM states, ``(1, L, mllm_dim)``
                 tensors or released-format ``.pt`` files; computed with ``mllm`` when left out.
             output_type: ``"np"`` (``(1, F, H, W, 3)`` floats in [0, 1]), ``"pt"``, ``"pil"`` or ``"latent"``.
             callback_on_step_end: called as ``fn(pipe, step, t, {"latents": ...})`` after each step; may
                 return replaced latents. Setting ``pipe._interrupt = True`` stops the loop.
+            sampler: ``"unipc"`` (the released sampler), ``"euler"``, or ``"lightx2v"`` / ``"lightx2v-lcm"``
+                for step-distillation LoRAs (:mod:`bindweave.samplers`).
 
         Returns:
             [`WanPipelineOutput`] with ``frames``, or a tuple ``(frames,)``.
@@ -476,10 +531,20 @@ class BindWeavePipeline(DiffusionPipeline):
         height = self.config.default_height if height is None else height
         width = self.config.default_width if width is None else width
         num_frames = self.config.default_num_frames if num_frames is None else num_frames
-        guidance_scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
+        kind = get_sampler(sampler)
+        if guidance_scale is None:
+            guidance_scale = self.config.default_guidance_scale
+            guidance_scale = guidance_scale if kind.default_guidance is None else kind.default_guidance
         if num_inference_steps is None:
-            num_inference_steps = self.config.default_num_inference_steps
+            num_inference_steps = kind.default_steps or self.config.default_num_inference_steps
         self.check_inputs(prompt, height, width, num_frames, guidance_scale)
+        if kind.cfg_distilled and guidance_scale != 1.0:
+            logger.warning(
+                "sampler %s is for CFG-distilled LoRAs, which LightX2V runs without CFG; guidance %s runs a "
+                "second, negative branch they were not trained for",
+                sampler,
+                guidance_scale,
+            )
         self._interrupt = False
         do_cfg = guidance_scale != 1.0
         device = self._execution_device
@@ -505,9 +570,17 @@ class BindWeavePipeline(DiffusionPipeline):
         # 6. Initial noise: (1, 16, 21, 90, 160).
         latents = self.prepare_latents(num_frames, height, width, generator, device)
 
-        # 7. Denoise with UniPC and CFG (the two branches differ only in umT5 and MLLM states).
+        # 7. Denoise with the sampler (UniPC by default) and CFG (the branches differ only in umT5 and MLLM
+        #    states).
         latents = self.denoise(
-            latents, cond, uncond, num_inference_steps, guidance_scale, callback_on_step_end
+            latents,
+            cond,
+            uncond,
+            num_inference_steps,
+            guidance_scale,
+            callback_on_step_end,
+            sampler=sampler,
+            generator=generator,
         )
 
         # 8. Decode: (1, 3, 81, 720, 1280) -> frames. Under model offload the DiT goes back to the CPU

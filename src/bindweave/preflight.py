@@ -74,7 +74,12 @@ def saved_model(
     from .pipeline import BindWeavePipeline
 
     guidance_default = inspect.signature(BindWeavePipeline.__init__).parameters["default_guidance_scale"]
-    if wan is not None:  # the released folders: the transformer's config.json is optional
+    if wan is not None and Path(transformer).is_file():  # a single-file checkpoint: sizes from its header
+        from .models.single_file import infer_single_file_config, single_file_shapes
+
+        config = infer_single_file_config(single_file_shapes(transformer))
+        guidance, has_mllm = guidance_default.default, mllm is not None
+    elif wan is not None:  # the released folders: the transformer's config.json is optional
         config = BindWeaveTransformer3DModel.load_config(transformer)
         guidance, has_mllm = guidance_default.default, mllm is not None
     else:
@@ -133,7 +138,7 @@ def check_generate_inputs(config: GenerateConfig, model: SavedModel) -> Path | N
     for flag, path in given.items():
         if path is not None:
             check_mllm_states_file(path, model.mllm_dim, flag)
-    no_negative = why_no_negative_branch(config.guidance, model)
+    no_negative = why_no_negative_branch(config.requested_guidance(), model)
     if no_negative:
         if config.negative_mllm_states is not None:
             logger.warning("--negative-mllm-states has no effect %s", no_negative)
@@ -181,7 +186,7 @@ def manifest_states(
     A named but absent file is computed instead, with a warning. Without a negative branch (guidance 1)
     no negative states are passed on, but the named files are checked all the same.
     """
-    no_negative = why_no_negative_branch(config.guidance, model)
+    no_negative = why_no_negative_branch(config.requested_guidance(), model)
     states, unused = {}, 0
     for entry in entries:
         positive, negative = resolve_hidden_states(entry, config.manifest.parent)

@@ -13,13 +13,8 @@ from bindweave.pipeline import BindWeavePipeline
 from bindweave.toy.ablation import ABLATIONS, AblatedBindWeavePipeline
 from bindweave.toy.evaluate import ToyEvalConfig, format_table, toy_eval
 from bindweave.toy.export import export_pipeline
-from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE, build_toy_pipeline, toy_corpus, toy_vae
+from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE, toy_corpus, toy_vae
 from bindweave.toy.vae import ToyBaseConfig, run_toy_base, toy_vae_batch
-
-
-@pytest.fixture(scope="module")
-def toy_pipe():
-    return build_toy_pipeline(toy_vae(), seed=0)
 
 
 def test_toy_vae_compresses_4x_in_space_and_time():

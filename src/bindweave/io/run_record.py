@@ -7,8 +7,9 @@ video without a word. Each run therefore stores the settings its videos depend o
 videos refuses settings that differ from a record's (:func:`check_rerun`).
 
 Which settings count: everything that changes the video beyond floating-point noise. The weights
-(``model``, ``wan``, ``transformer``, ``mllm``), the dtype (resolved: ``auto`` means bfloat16 on CUDA,
-float32 on CPU), the sampling settings (size, frames, steps, guidance, seed, negative prompt), ``fps``
+(``model``, ``wan``, ``transformer``, ``mllm``) and the LoRAs fused into them with their scales (``loras``,
+in order), the dtype (resolved: ``auto`` means bfloat16 on CUDA, float32 on CPU), the sampling settings
+(sampler, size, frames, steps, guidance, seed, negative prompt), ``fps``
 (it is written into the file and sets the playback speed that motion is judged at), ``precision``
 (float32 or the release's bf16 sampling) and the lossy speed options (fp8 weights, step caches and
 their parameters, VAE tiling, 8-bit ``sage`` attention). Not counted: the device itself, memory
@@ -28,6 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..lora.config import LoraSpec
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
 
 _PATH_SETTINGS = ("model", "wan", "transformer", "mllm", "mag_ratios")
 _VALUE_SETTINGS = (
+    "sampler",
     "height",
     "width",
     "num_frames",
@@ -87,6 +91,9 @@ def video_settings(config: Mapping[str, Any], dtype: str) -> dict[str, Any]:
     if "attention_backend" in config:
         backend = config["attention_backend"]
         settings["attention_backend"] = backend if backend in _LOSSY_ATTENTION else "exact"
+    if "loras" in config:  # the order matters: the merges add up in the weights' dtype
+        specs = [LoraSpec.parse(text) for text in config["loras"]]
+        settings["loras"] = [{"path": os.path.abspath(s.path), "scale": s.scale} for s in specs]
     return settings
 
 
@@ -168,13 +175,18 @@ def check_rerun(folder: Path, settings: Mapping[str, Any], *, overwrite: bool = 
     return list(stale)
 
 
+_FLAGS = {"loras": "--lora"}  # settings whose option is not named after them
+
+
 def _describe(name: str, old: Any, new: Any) -> str:
-    return f"--{name.replace('_', '-')} {_show(old)} -> {_show(new)}"
+    return f"{_FLAGS.get(name, '--' + name.replace('_', '-'))} {_show(old)} -> {_show(new)}"
 
 
 def _show(value: Any) -> str:
     if value is None:
         return "unset (default)"
+    if isinstance(value, list) and all(isinstance(v, dict) and "path" in v for v in value):  # loras
+        return "[" + ", ".join(f"{v['path']}:{v['scale']:g}" for v in value) + "]" if value else "none"
     if isinstance(value, str) and len(value) > 48:
         return repr(value[:45] + "...")
     return repr(value) if isinstance(value, str) else str(value)

@@ -26,6 +26,7 @@ from diffusers.utils import logging
 
 from .attention import BindWeaveAttnProcessor
 from .checkpoint import CheckpointError, checkpoint_shapes, compare_to_model
+from .single_file import infer_single_file_config, load_single_file_state_dict, single_file_shapes
 
 logger = logging.get_logger(__name__)
 
@@ -177,6 +178,57 @@ class BindWeaveTransformer3DModel(WanTransformer3DModel):
             if report:
                 raise CheckpointError(f"{folder} does not match {cls.__name__}: {report.describe()}", report)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_single_file(
+        cls,
+        path: str | os.PathLike,
+        config: str | os.PathLike | dict[str, Any] | None = None,
+        dtype: torch.dtype = torch.float32,
+        **config_overrides: Any,
+    ) -> BindWeaveTransformer3DModel:
+        """Load a single-file checkpoint in the original Wan / ComfyUI layout (:mod:`.single_file`).
+
+        fp32 / bf16 / fp16 files, plain float8 and ComfyUI ``fp8_scaled`` ones (dequantised), with the
+        connector as ``text_projection.0`` / ``.2``; prefixed ``model.diffusion_model.`` or not. As in
+        ``from_pretrained``, the modules in ``_keep_in_fp32_modules`` stay float32. Nothing is loaded before
+        the file's header has been checked against the model: a missing, unexpected or wrongly shaped tensor
+        is a :class:`CheckpointError` naming every such key.
+
+        Args:
+            path: the ``.safetensors`` file.
+            config: the model config: a folder (with or without ``config.json``, as for ``from_pretrained``)
+                or a dict; default the released 14B config with the sizes the file's shapes say (widths,
+                layers, channels; heads ``= dim // 128``: :func:`.single_file.infer_single_file_config`).
+            dtype: the weights' dtype.
+            config_overrides: config values replacing the given ones.
+        """
+        from accelerate import init_empty_weights
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint file")
+        shapes = single_file_shapes(path)
+        if config is None:
+            config = {**cls.released_config(), **infer_single_file_config(shapes)}
+        elif not isinstance(config, dict):
+            config = cls.load_config(config)
+        unknown = [k for k in config_overrides if k not in cls._default_init_kwargs()]
+        if unknown:
+            raise TypeError(f"from_single_file: unknown config values {unknown}")
+        with init_empty_weights():  # parameters on the meta device; the RoPE buffers computed for real
+            model = cls.from_config({**config, **config_overrides})
+        report = compare_to_model(shapes, model, cls._keys_to_ignore_on_load_unexpected)
+        if report:
+            raise CheckpointError(f"{path} does not match {cls.__name__}: {report.describe()}", report)
+        keep = cls._keep_in_fp32_modules or []
+
+        def dtype_of(name: str) -> torch.dtype:
+            return torch.float32 if any(m in name.split(".") for m in keep) else dtype
+
+        model.load_state_dict(load_single_file_state_dict(path, dtype_of), strict=True, assign=True)
+        model.register_to_config(_name_or_path=str(path))
+        return model.eval()
 
     # ------------------------------------------------------------------ forward
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from bindweave.config import field
 from bindweave.generate_config import check_guidance, check_seed
+from bindweave.samplers import SAMPLERS
 
 __all__ = ["VARIANTS", "ToyBaseConfig", "ToyDataConfig", "ToyEvalConfig"]
 
@@ -44,20 +45,41 @@ class ToyEvalConfig:
         default_factory=lambda: list(VARIANTS), help=f"variants to run, from {', '.join(VARIANTS)}"
     )
     num_samples: int = field(32, help="held-out samples per variant")
-    steps: int = field(25, help="sampling steps")
+    steps: list[int] = field(
+        default_factory=lambda: [25],
+        help="sampling steps; several values (e.g. 4 8 20) evaluate each, a row per variant, sampler and count",
+    )
+    samplers: list[str] = field(
+        default_factory=lambda: ["unipc"],
+        help=f"samplers to evaluate, from {', '.join(SAMPLERS)} (several: a row each, with its cost)",
+    )
     guidance_scale: float | None = field(
-        None, help="classifier-free guidance scale (default: the model's; 1.0 for the toy model)"
+        None,
+        help="classifier-free guidance scale (default: the sampler's, 1.0 for lightx2v, else the model's: 1.0 "
+        "for the toy model)",
     )
     world_seed: int = field(0, help="world seed of the held-out split")
     init_seed: int = field(0, help="seed of the random-init variant's DiT")
     out: Path = field(Path("outputs/toy-eval"), help="folder for the scores, table.md and results.json")
     save_videos: bool = field(False, help="also write each generated clip as <out>/videos/<variant>/<i>.mp4")
 
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, int):  # ToyEvalConfig(steps=15): one count
+            self.steps = [self.steps]
+
+    @property
+    def is_sweep(self) -> bool:
+        """More than one sampler or step count: rows are named by them and carry their cost."""
+        return len(self.samplers) * len(self.steps) > 1
+
     def validate(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
-        if self.num_samples < 1 or self.steps < 1:
+        samplers = [s for s in self.samplers if s not in SAMPLERS]
+        if samplers or not self.samplers:
+            raise ValueError(f"--samplers: unknown {samplers}; expected some of {list(SAMPLERS)}")
+        if self.num_samples < 1 or not self.steps or min(self.steps) < 1:
             raise ValueError(f"--num-samples and --steps must be >= 1, got {self.num_samples}, {self.steps}")
         check_guidance(self.guidance_scale, "--guidance-scale")
         check_seed(self.world_seed, "--world-seed")

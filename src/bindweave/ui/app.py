@@ -18,6 +18,7 @@ from ..conditioning.references import MAX_REFERENCES
 from ..conditioning.text import DEFAULT_NEGATIVE_PROMPT
 from ..default_model import demo_prompt
 from ..generate import resolve_device
+from ..samplers import SAMPLERS, get_sampler
 from .examples import toy_examples, uses_embedded_model
 from .inputs import (
     CUSTOM,
@@ -59,10 +60,15 @@ def _user_error(err: BaseException) -> gr.Error:
 def _model_label(pipe_loader: PipelineLoader) -> str:
     config = pipe_loader.config
     if config.wan is not None:
-        return f"released BindWeave (`{config.transformer}` on `{config.wan}`)"
-    if config.model is not None:
-        return f"`{config.model}`"
-    return "the embedded toy BindWeave (trained on the toy world only: sprites on plain backgrounds)"
+        label = f"released BindWeave (`{config.transformer}` on `{config.wan}`)"
+    elif config.model is not None:
+        label = f"`{config.model}`"
+    else:
+        label = "the embedded toy BindWeave (trained on the toy world only: sprites on plain backgrounds)"
+    specs = config.lora_specs()
+    if specs:
+        label += "; LoRAs fused in: " + ", ".join(f"`{s.path}` (scale {s.scale:g})" for s in specs)
+    return label
 
 
 def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactory | None = None) -> gr.Blocks:
@@ -99,6 +105,13 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
         size = presets[name]
         return size.height, size.width, size.num_frames
 
+    def on_sampler(name: str):
+        """A distillation sampler's steps and guidance (4, 1), or the model's own for the others."""
+        kind = get_sampler(name)
+        return kind.default_steps or model_steps, (
+            model_guidance if kind.default_guidance is None else kind.default_guidance
+        )
+
     def on_arm(request: gr.Request) -> str:
         return jobs.arm(request.session_hash or "anonymous")
 
@@ -122,6 +135,7 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
         random_seed: bool,
         seed: float | None,
         memory: str,
+        sampler: str,
         history: list[dict[str, str]],
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio injects progress through this default
     ):
@@ -145,6 +159,7 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
                 random_seed,
                 seed,
                 memory,
+                sampler,
             )
             progress(0, desc="Loading the model")
             result = run_job(request, pipe_loader, pipe_loader.config, out_dir, report, token)
@@ -233,6 +248,14 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
                         guidance = gr.Number(
                             model_guidance, label="Guidance", minimum=1, step=0.5, elem_id="guidance"
                         )
+                    sampler = gr.Radio(
+                        list(SAMPLERS),
+                        value="unipc",
+                        label="Sampler",
+                        info="unipc: the released sampler; lightx2v / lightx2v-lcm: for step-distillation "
+                        "LoRAs (4 steps, guidance 1, set when chosen)",
+                        elem_id="sampler",
+                    )
                     with gr.Row():
                         random_seed = gr.Checkbox(True, label="Random seed", elem_id="random-seed")
                         seed = gr.Number(42, label="Seed (last used)", precision=0, minimum=0, elem_id="seed")
@@ -288,6 +311,7 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
             show_progress="hidden",
         )
         preset.input(on_preset, inputs=preset, outputs=[height, width, num_frames], show_progress="hidden")
+        sampler.input(on_sampler, inputs=sampler, outputs=[steps, guidance], show_progress="hidden")
         gr.on(
             [height.input, width.input, num_frames.input],
             lambda: CUSTOM,
@@ -309,6 +333,7 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
                 random_seed,
                 seed,
                 memory,
+                sampler,
                 history,
             ],
             outputs=[video, strip, downloads, command, settings_json, status, history, gallery, seed],

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..config import to_json
 from ..generate_config import GenerateConfig, ModelConfig, SamplingConfig
+from ..samplers import SAMPLERS
 from .inputs import (
     Size,
     UIError,
@@ -53,6 +54,7 @@ class JobRequest:
     guidance: float
     seed: int | None  # None draws a random seed, reported with the result
     memory: str
+    sampler: str = "unipc"
 
 
 def parse_request(
@@ -67,6 +69,7 @@ def parse_request(
     random_seed: bool,
     seed: float | None,
     memory: str | None,
+    sampler: str | None = None,
 ) -> JobRequest:
     """Check every input of the page before any model work, so a mistake costs nothing."""
     load_reference_images(refs)
@@ -85,6 +88,9 @@ def parse_request(
     mode = memory or ModelConfig().memory
     if mode not in memory_modes():
         raise UIError(f"Unknown memory mode {mode!r}; choose one of {', '.join(memory_modes())}.")
+    sampler = sampler or SamplingConfig().sampler
+    if sampler not in SAMPLERS:
+        raise UIError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
     request = JobRequest(
         refs=tuple(check_reference_paths(refs)),
         prompt=prompt,
@@ -94,6 +100,7 @@ def parse_request(
         guidance=float(guidance),
         seed=fixed_seed,
         memory=mode,
+        sampler=sampler,
     )
     # The CLI's own rules as the last word, so the page never accepts what `bindweave generate` refuses.
     _sampling_config(request, seed=0).validate()
@@ -109,6 +116,7 @@ def _sampling_config(request: JobRequest, seed: int) -> SamplingConfig:
         guidance=request.guidance,
         seed=seed,
         negative_prompt=request.negative_prompt,
+        sampler=request.sampler,
     )
 
 
@@ -153,6 +161,9 @@ def config_argv(config: Any) -> list[str]:
             continue
         if isinstance(value, bool):
             argv.append(_flag(f) if value else "--no-" + _flag(f)[2:])
+        elif isinstance(value, (list, tuple)) and f.metadata.get("repeat"):  # --lora a --lora b
+            for item in value:
+                argv += [_flag(f), str(item)]
         elif isinstance(value, (list, tuple)):
             argv += [_flag(f), *(str(v) for v in value)]
         else:
