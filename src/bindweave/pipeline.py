@@ -11,7 +11,6 @@ from typing import Any
 import PIL.Image
 import torch
 from diffusers import AutoencoderKLWan, DiffusionPipeline, UniPCMultistepScheduler
-from diffusers.hooks import HookRegistry
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
@@ -48,21 +47,17 @@ from .flow import (
 )
 from .lora.loader import BindWeaveLoraLoaderMixin
 from .models import BindWeaveTransformer3DModel
-from .perf.caching import StepCacheSpec
-from .perf.cross_attention import context_kv_cache, install_fast_cross_attention
-from .perf.kinds import Precision
-from .perf.parallel import ContextParallelKind, check_sequence_split, enable_context_parallel
+from .perf.cross_attention import context_kv_cache
+from .perf.parallel import check_sequence_split
+from .perf.pipeline_options import SpeedOptionsMixin
 from .samplers import LIGHTX2V_SHIFT, Sampler, get_sampler
 
 logger = logging.getLogger(__name__)
 
 MLLMStates = torch.Tensor | str | os.PathLike
 
-#: dtype of the noise, the latents through the sampler, the CFG combination and the VAE (spec 3).
-PRECISION_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "released": torch.bfloat16}
 
-
-class BindWeavePipeline(DiffusionPipeline, BindWeaveLoraLoaderMixin):
+class BindWeavePipeline(DiffusionPipeline, BindWeaveLoraLoaderMixin, SpeedOptionsMixin):
     r"""Generate a video of the given reference subjects acting as the prompt says.
 
     LoRAs for the DiT load as for diffusers' Wan pipelines (``load_lora_weights``, ``set_adapters``,
@@ -127,12 +122,7 @@ class BindWeavePipeline(DiffusionPipeline, BindWeaveLoraLoaderMixin):
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
         self._zero_video_cache: dict[tuple, torch.Tensor] = {}
         # Speed options (bindweave.perf); all off by default, the reference computation.
-        self._batch_cfg = False
-        self._context_kv_cache = False
-        self._step_cache: StepCacheSpec | None = None
-        self._step_cache_steps: int | None = None
-        self._context_parallel_degree = 1
-        self._sampling_dtype = torch.float32  # set_precision
+        self._init_speed_options()
 
     @classmethod
     def from_released(
@@ -183,59 +173,6 @@ class BindWeavePipeline(DiffusionPipeline, BindWeaveLoraLoaderMixin):
             mllm=mllm,
             mllm_processor=mllm_processor,
         )
-
-    # ------------------------------------------------------------------ speed options
-
-    def enable_batched_cfg(self, enabled: bool = True) -> None:
-        """Run the two CFG branches as one batch of 2: the same velocities, one forward per step.
-
-        Exact although the branches' MLLM states differ in length: each sample's cross-attention skips its
-        own padding rows (:mod:`bindweave.perf.cross_attention`). Costs the activations of a second sample.
-        """
-        if enabled:
-            install_fast_cross_attention(self.transformer)
-        self._batch_cfg = enabled
-
-    def enable_context_kv_cache(self, enabled: bool = True) -> None:
-        """Compute each block's cross-attention K/V of the context once per video instead of once per step.
-
-        Exact (a cached projection is only used for a bitwise-equal context); keeps the projections of
-        every block and branch for the run: ``2 x layers x (context tokens) x 2 x dim`` values.
-        """
-        if enabled:
-            install_fast_cross_attention(self.transformer)
-        self._context_kv_cache = enabled
-
-    def enable_step_cache(self, spec: StepCacheSpec | None) -> None:
-        """Use a diffusers step cache (lossy, opt-in; :mod:`bindweave.perf.caching`); ``None`` turns it off."""
-        if self.transformer.is_cache_enabled:
-            self.transformer.disable_cache()
-        self._step_cache = None if spec is None or spec.kind == "none" else spec
-        self._step_cache_steps = None
-
-    def enable_context_parallel(self, kind: ContextParallelKind, degree: int) -> None:
-        """Split each video's DiT sequence over ``degree`` torchrun ranks (:mod:`bindweave.perf.parallel`).
-
-        Call once the pipeline is on this rank's device; every rank then runs the same call.
-        """
-        enable_context_parallel(self.transformer, kind, degree)
-        self._context_parallel_degree = degree
-
-    def set_precision(self, precision: Precision) -> None:
-        """Where the sampling runs in float32 (the default) or in bf16 as the release does (spec 3).
-
-        ``"float32"``: float32 noise, latents through the sampler, CFG combination and VAE; the more exact
-        choice. ``"released"``: bf16 noise drawn on the generator's device, bf16 latents through UniPC, a
-        bf16 CFG combination and a bf16 VAE (encode and decode), as the released pipeline computes. The VAE
-        is cast: going back to ``"float32"`` after ``"released"`` keeps its bf16-rounded weights.
-        """
-        if precision not in PRECISION_DTYPES:
-            raise ValueError(f"precision must be one of {sorted(PRECISION_DTYPES)}, got {precision!r}")
-        self._sampling_dtype = PRECISION_DTYPES[precision]
-        if self.vae.dtype != self._sampling_dtype:
-            # torch's own ``to``: diffusers' ModelMixin.to warns about float32-kept modules on every dtype
-            # cast, also for a model that keeps none, as the Wan VAE.
-            torch.nn.Module.to(self.vae, dtype=self._sampling_dtype)
 
     # ------------------------------------------------------------------ steps
 
@@ -454,20 +391,6 @@ class BindWeavePipeline(DiffusionPipeline, BindWeaveLoraLoaderMixin):
         if sampler.table == "lightx2v":
             return lightx2v_sampling_sigmas(num_inference_steps, LIGHTX2V_SHIFT, config.num_train_timesteps)
         return released_sampling_sigmas(num_inference_steps, config.flow_shift, config.num_train_timesteps)
-
-    def _prepare_step_cache(self, num_inference_steps: int) -> None:
-        """Apply the step cache for this many steps, starting from an empty cache state."""
-        spec, transformer = self._step_cache, self.transformer
-        if spec is None:
-            return
-        stale = spec.depends_on_steps and self._step_cache_steps != num_inference_steps
-        if transformer.is_cache_enabled and stale:
-            transformer.disable_cache()
-        if not transformer.is_cache_enabled:
-            transformer.enable_cache(spec.config(num_inference_steps))
-            self._step_cache_steps = num_inference_steps
-        # A run must not start from the previous run's cached residuals (``denoise`` may be called alone).
-        HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
 
     def decode(self, latents: torch.Tensor, output_type: str):
         if output_type == "latent":
