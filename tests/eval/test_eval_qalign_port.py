@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from bindweave.eval.scorers.base import VideoSample
-from bindweave.eval.scorers.qalign import MplugOwl2QualityModel, sincos_1d, sincos_2d
+from bindweave.eval.scorers.mplug_owl2_vision import sincos_1d, sincos_2d
+from bindweave.eval.scorers.qalign import MplugOwl2QualityModel
 from bindweave.eval.scorers.smoothness import MotionSmoothnessScorer, QAlignQualityModel, sliding_windows
 
 FIXTURE = Path(__file__).parent / "fixtures" / "qalign_tiny"
