@@ -62,7 +62,9 @@ class BindWeavePipeline(DiffusionPipeline, BindWeaveLoraLoaderMixin, SpeedOption
 
     LoRAs for the DiT load as for diffusers' Wan pipelines (``load_lora_weights``, ``set_adapters``,
     ``fuse_lora`` / ``unfuse_lora``, ``unload_lora_weights``: :mod:`bindweave.lora.loader`), and a LoRA
-    that matches no layer or has other shapes is an error instead of a silent no-op.
+    that matches no layer or has other shapes is an error instead of a silent no-op. The speed and precision
+    options (``enable_batched_cfg``, ``enable_step_cache``, ``set_precision``, ...) come from
+    :class:`bindweave.perf.pipeline_options.SpeedOptionsMixin`.
 
     Components:
         tokenizer / text_encoder: umT5-XXL (Wan2.1).
