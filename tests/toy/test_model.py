@@ -9,12 +9,18 @@ import pytest
 import torch
 
 from bindweave import cli
+from bindweave.conditioning.latents import encode_video
 from bindweave.pipeline import BindWeavePipeline
+from bindweave.testing import assert_close_to_float32_rounding
 from bindweave.toy.ablation import ABLATIONS, AblatedBindWeavePipeline
+from bindweave.toy.config import VARIANTS
+from bindweave.toy.dataset import toy_scene
 from bindweave.toy.evaluate import ToyEvalConfig, format_table, toy_eval
 from bindweave.toy.export import export_pipeline
+from bindweave.toy.metrics import score_clip
 from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE, toy_corpus, toy_vae
-from bindweave.toy.vae import ToyBaseConfig, run_toy_base, toy_vae_batch
+from bindweave.toy.vae import ToyBaseConfig, reconstruct_clip, run_toy_base, toy_vae_batch
+from bindweave.toy.world import render_clip
 
 
 def test_toy_vae_compresses_4x_in_space_and_time():
@@ -163,6 +169,24 @@ def test_toy_eval_scores_variants_and_resumes(tmp_path, toy_pipe):
     assert (tmp_path / "trained.json").read_text() == saved and again == results
     with pytest.raises(ValueError, match="unknown"):
         toy_eval(toy_pipe, ToyEvalConfig(model=tmp_path, variants=["best"], out=tmp_path))
+
+
+def test_vae_recon_scores_the_true_clip_through_the_vae(tmp_path, toy_pipe):
+    """The ceiling row: the held-out clip encoded and decoded (no DiT), as the pipeline's own decode gives it."""
+    assert VARIANTS[-2:] == ("vae-recon", "ground-truth")  # in the default table, under the DiT rows
+    config = ToyEvalConfig(model=tmp_path, variants=["vae-recon"], num_samples=1, out=tmp_path)
+    (scores,) = toy_eval(toy_pipe, config)["vae-recon"]
+    scene = toy_scene(config.world_seed, "heldout", 0)
+    truth = render_clip(scene)  # (17, 64, 64, 3) uint8
+    frames = reconstruct_clip(toy_pipe.vae, truth)
+    assert frames.shape == truth.shape and frames.dtype == np.float32
+    assert scores == score_clip(frames, scene, truth)
+    # The pipeline's path: normalised latents, denormalised and decoded, postprocessed to [0, 1].
+    video = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, H, W)
+    with torch.no_grad():
+        decoded = toy_pipe.decode(encode_video(toy_pipe.vae, video), output_type="np")[0]
+    assert_close_to_float32_rounding(frames, decoded, scale=1.0)
+    assert 0 < np.abs(frames - truth / 255.0).mean() and scores.psnr < 100  # a lossy reconstruction
 
 
 def test_toy_cli_commands_are_registered():

@@ -15,7 +15,7 @@ from bindweave.samplers import SAMPLERS
 
 __all__ = ["VARIANTS", "ToyBaseConfig", "ToyDataConfig", "ToyEvalConfig"]
 
-VARIANTS = ("trained", "no-mllm", "no-vae-refs", "no-clip", "random-init", "ground-truth")
+VARIANTS = ("trained", "no-mllm", "no-vae-refs", "no-clip", "random-init", "vae-recon", "ground-truth")
 
 
 @dataclass

@@ -8,6 +8,8 @@ scores it against the ground truth. Variants:
 - ``no-mllm`` / ``no-vae-refs`` / ``no-clip``: the same weights with one stream zeroed
   (:mod:`bindweave.toy.ablation`);
 - ``random-init``: the same pipeline with a freshly initialised DiT (what training started from);
+- ``vae-recon``: the true clips encoded and decoded by the model's VAE (no DiT): the best the DiT's
+  latents can show, the ceiling the DiT works under;
 - ``ground-truth``: the true clips themselves, the ceiling of every score (nothing is generated).
 
 With several ``--samplers`` or ``--steps`` (a sweep), each variant runs with each sampler and step count:
@@ -45,6 +47,7 @@ from .config import VARIANTS, ToyEvalConfig
 from .dataset import toy_scene
 from .metrics import METRICS, ClipScores, mean_scores, score_clip
 from .sprites import reference_image
+from .vae import reconstruct_clip
 from .world import render_clip
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ __all__ = [
 ]
 
 _SETTINGS = ("model", "num_samples", "world_seed", "init_seed")
+_UNSAMPLED = ("vae-recon", "ground-truth")  # rows without a DiT: one each, whatever the sweep
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class EvalRow:
     """One row of the table: a variant sampled one way, its scores and its cost per clip."""
 
     variant: str
-    sampler: str | None  # None for ground-truth (nothing sampled)
+    sampler: str | None  # None for the unsampled rows (vae-recon, ground-truth)
     steps: int | None
     guidance_scale: float | None
     label: str
@@ -85,7 +89,7 @@ class EvalRow:
 def _plan(config: ToyEvalConfig, model_guidance: float) -> list[EvalRow]:
     rows = []
     for variant in config.variants:
-        if variant == "ground-truth":
+        if variant in _UNSAMPLED:
             rows.append(EvalRow(variant, None, None, None, variant))
             continue
         for sampler in config.samplers:
@@ -178,6 +182,8 @@ def toy_eval_rows(pipe, config: ToyEvalConfig) -> list[EvalRow]:
             if runner is None:
                 scene = toy_scene(config.world_seed, "heldout", index)
                 frames = truth = render_clip(scene)
+                if row.variant == "vae-recon":
+                    frames = reconstruct_clip(pipe.vae, truth)
             else:
                 with _forward_timer(runner.transformer, seconds):
                     frames, truth, scene = _generate(runner, index, config, row)

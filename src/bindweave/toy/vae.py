@@ -168,6 +168,18 @@ def train_toy_vae(config: ToyBaseConfig) -> AutoencoderKLWan:
 
 
 @torch.no_grad()
+def reconstruct_clip(vae: AutoencoderKLWan, frames: np.ndarray) -> np.ndarray:
+    """A clip ``(F, H, W, 3)`` uint8 encoded (posterior mode) and decoded: ``(F, H, W, 3)`` floats in [0, 1].
+
+    What the DiT's latents can show at best: ``toy-eval``'s ``vae-recon`` ceiling.
+    """
+    param = next(vae.parameters())
+    video = _vae_input(frames)[None].to(param.device, param.dtype)  # (1, 3, F, H, W) in [-1, 1]
+    decoded = vae.decode(vae.encode(video).latent_dist.mode(), return_dict=False)[0]  # (1, 3, F, H, W)
+    return ((decoded[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu().numpy()
+
+
+@torch.no_grad()
 def latent_statistics(vae: AutoencoderKLWan, seed: int) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the posterior mode over whole training clips."""
     latents = []
