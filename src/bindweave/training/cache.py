@@ -49,6 +49,10 @@ class CacheError(ValueError):
 def feature_settings(data: DataConfig, seed: int) -> dict[str, Any]:
     """What determines a clip's features: the data config (minus loader settings) and the seed."""
     settings = {k: v for k, v in config_to_dict(data).items() if k not in _NOT_FEATURE_SETTINGS}
+    # The dropout rate is a training choice; the features only depend on whether negatives are stored
+    # (recorded only then, so a cache made before the option existed keeps its key).
+    if settings.pop("condition_dropout", 0) > 0:
+        settings["negative_mllm"] = True
     return {"format": CACHE_FORMAT, "seed": seed, "data": settings}
 
 

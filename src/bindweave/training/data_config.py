@@ -107,6 +107,13 @@ class DataConfig:
         help="an extra, not in the release (neither its training nor its inference has it, spec 4): also "
         "feed the clip's first frame as an I2V condition (CLIP tokens and the VAE condition's video part)",
     )
+    condition_dropout: float = field(
+        0.0,
+        help="an extra, not in the release: the probability that a training clip is seen as classifier-free "
+        "guidance's unconditional branch sees it (the negative prompt's umT5 and MLLM states, its own "
+        "references), so guidance > 1 has a branch it was trained for; > 0 also encodes each clip's negative "
+        "MLLM states",
+    )
     on_bad_sample: Literal["error", "skip"] = field(
         "error", help="a bad manifest line or unreadable clip: stop with an error, or log, count and skip it"
     )
@@ -127,6 +134,8 @@ class DataConfig:
                 raise ConfigError(f"{where}.{name}: must be a positive multiple of 16, got {value}")
         if self.fps <= 0:
             raise ConfigError(f"{where}.fps: must be > 0, got {self.fps}")
+        if not 0 <= self.condition_dropout < 1:
+            raise ConfigError(f"{where}.condition_dropout: must be in [0, 1), got {self.condition_dropout}")
         if self.num_workers < 0:
             raise ConfigError(f"{where}.num_workers: must be >= 0, got {self.num_workers}")
         self.augment.validate(f"{where}.augment")

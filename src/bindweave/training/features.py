@@ -14,6 +14,10 @@ the two cannot drift apart.
 - The MLLM's input (``data.mllm_input``): ``released`` (default) is the release's training quirk
   (spec 4): the reference canvases downsampled x0.5 (bilinear, :func:`released_mllm_images`), without the
   inference pre-scale; ``inference`` is the inference input (pre-scaled x0.3 / x0.75).
+- With condition dropout (``data.condition_dropout`` > 0; not in the release) each clip also carries the
+  MLLM states of the negative prompt read with its own references: what the unconditional branch of CFG
+  feeds the DiT at inference (spec 3). The negative prompt's umT5 states are the same for every clip and
+  are encoded once by the trainer (:meth:`FeatureEncoder.negative_text`).
 - Optionally (``data.first_frame_condition``, off by default; an extra, not in the release, whose
   training registers a first-frame I2V processor but never applies it) the clip's first frame is an I2V
   condition: its CLIP tokens follow the references' tokens, and the video part of the VAE condition
@@ -22,6 +26,7 @@ the two cannot drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 
@@ -38,8 +43,9 @@ from bindweave.conditioning.latents import (
     encode_video,
     reference_slots,
 )
-from bindweave.conditioning.mllm import encode_mllm, load_mllm_states
+from bindweave.conditioning.mllm import MLLM_NEGATIVE_SUFFIX, encode_mllm, load_mllm_states
 from bindweave.conditioning.references import Letterboxed
+from bindweave.conditioning.text import DEFAULT_NEGATIVE_PROMPT
 from bindweave.denoiser import Conditioning, batch_conditionings
 from bindweave.perf.cross_attention import ContextPadding, padded_context
 from bindweave.pipeline import BindWeavePipeline
@@ -47,7 +53,14 @@ from bindweave.pipeline import BindWeavePipeline
 from .config import DataConfig
 from .data import RawClip
 
-__all__ = ["ClipFeatures", "FeatureBatch", "FeatureEncoder", "collate_features", "released_mllm_images"]
+__all__ = [
+    "ClipFeatures",
+    "FeatureBatch",
+    "FeatureEncoder",
+    "collate_features",
+    "condition_dropped",
+    "released_mllm_images",
+]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -63,6 +76,8 @@ class ClipFeatures:
             (``(slots + 1) * T`` with the first-frame condition).
         mllm: ``(L, mllm_dim)`` MLLM states, full length.
         condition: ``(4 + z, slots + F', h, w)`` reference slots and video part of the VAE condition.
+        negative_mllm: ``(L', mllm_dim)`` MLLM states of the negative prompt with the same references
+            (only with condition dropout), else ``None``.
     """
 
     latents: torch.Tensor
@@ -70,15 +85,27 @@ class ClipFeatures:
     image: torch.Tensor
     mllm: torch.Tensor
     condition: torch.Tensor
+    negative_mllm: torch.Tensor | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The tensors by field name; an absent ``negative_mllm`` is left out."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     def cast(self, dtype: torch.dtype) -> ClipFeatures:
         """Tensors to ``dtype``, contiguous, on the CPU."""
         return ClipFeatures(
             **{name: t.detach().to("cpu", dtype).contiguous() for name, t in self.tensors().items()}
         )
+
+    def unconditional(self, negative_text: torch.Tensor) -> ClipFeatures:
+        """This clip as CFG's unconditional branch sees it: the negative prompt's umT5 states
+        ``negative_text`` ``(512, text_dim)`` and its MLLM states, the same references and target."""
+        if self.negative_mllm is None:
+            raise ValueError(
+                "these features have no negative_mllm: condition dropout needs features encoded with "
+                "data.condition_dropout > 0 (re-run `bindweave precompute` into a new folder)"
+            )
+        return dataclasses.replace(self, text=negative_text.to(self.text.dtype), mllm=self.negative_mllm)
 
     def conditioning(self) -> Conditioning:
         """The conditioning of this clip alone, batch of 1."""
@@ -131,6 +158,16 @@ def collate_features(items: list[ClipFeatures], lines: list[int], positions: lis
     )
 
 
+def condition_dropped(seed: int, stage: int, position: int, probability: float) -> bool:
+    """Whether the sample at ``position`` of stage ``stage``'s stream trains unconditionally (condition
+    dropout). Keyed like the noise, so it does not depend on the number of processes and a resumed run
+    draws the same."""
+    if probability <= 0:
+        return False
+    state = np.random.SeedSequence([seed, stage, position, 0xD209]).generate_state(1, dtype=np.uint64)[0]
+    return float(state >> np.uint64(11)) / 2**53 < probability  # 53 random bits: uniform in [0, 1)
+
+
 def released_mllm_images(canvases: torch.Tensor) -> list[PIL.Image.Image]:
     """The MLLM's images in the released training features (spec 4, quirk).
 
@@ -172,7 +209,7 @@ class FeatureEncoder:
         height, width, num_frames = data.height, data.width, data.num_frames
         images, boxes = pipe.prepare_references(list(clip.references), height, width)
 
-        mllm = self._mllm_states(clip.prompt, images, boxes)[0]  # (L, D), full length
+        mllm, negative_mllm = self._mllm_states(clip.prompt, images, boxes)  # (L, D), full length
         text, _ = pipe.encode_text(clip.prompt, "", do_cfg=False)  # (1, 512, text_dim)
         latents = encode_video(pipe.vae, clip.video[None])[0]  # (z, F', h, w)
 
@@ -181,21 +218,45 @@ class FeatureEncoder:
         else:
             image = pipe.encode_clip_tokens(boxes)[0]  # (slots * T, image_dim)
             condition = pipe.prepare_condition(boxes, num_frames, height, width)[0]  # (4+z, S+F', h, w)
-        features = ClipFeatures(latents=latents, text=text[0], image=image, mllm=mllm, condition=condition)
+        features = ClipFeatures(
+            latents=latents,
+            text=text[0],
+            image=image,
+            mllm=mllm,
+            condition=condition,
+            negative_mllm=negative_mllm,
+        )
         return features.cast(self.dtype)
+
+    @torch.no_grad()
+    def negative_text(self) -> torch.Tensor:
+        """``(512, text_dim)`` umT5 states of the negative prompt (condition dropout's text), feature dtype."""
+        return self.pipe.encode_text(DEFAULT_NEGATIVE_PROMPT, "", do_cfg=False)[0][0].to("cpu", self.dtype)
 
     def _mllm_states(
         self, prompt: str, images: list[PIL.Image.Image], boxes: list[Letterboxed]
-    ) -> torch.Tensor:
-        """``(1, L, mllm_dim)`` MLLM states of the prompt and references, from the configured input."""
-        pipe = self.pipe
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(L, mllm_dim)`` MLLM states of the prompt and references, from the configured input, and those
+        of the negative prompt with the same references under condition dropout (else ``None``)."""
+        pipe, negative = self.pipe, self.data.condition_dropout > 0
         if self.data.mllm_input == "inference":
-            return pipe.encode_mllm_states(prompt, "", images, None, None, do_cfg=False)[0]
+            positive, negative_states = pipe.encode_mllm_states(
+                prompt, DEFAULT_NEGATIVE_PROMPT, images, None, None, do_cfg=negative
+            )  # as the pipeline's two branches
+            return positive[0], None if negative_states is None else negative_states[0]
         if pipe.mllm is None or pipe.mllm_processor is None:
             raise ValueError("the pipeline has no mllm / mllm_processor to encode the training clips with")
         pictures = released_mllm_images(torch.stack([b.canvas for b in boxes]))  # (W/2) x (H/2) each
-        states = encode_mllm(pipe.mllm, pipe.mllm_processor, prompt, pictures, prescale=False)
-        return load_mllm_states(states, pipe.transformer.config.mllm_dim, name="MLLM states")
+        texts = [prompt, DEFAULT_NEGATIVE_PROMPT + MLLM_NEGATIVE_SUFFIX] if negative else [prompt]
+        states = [
+            load_mllm_states(
+                encode_mllm(pipe.mllm, pipe.mllm_processor, text, pictures, prescale=False),
+                pipe.transformer.config.mllm_dim,
+                name="MLLM states",
+            )[0]
+            for text in texts
+        ]
+        return states[0], states[1] if negative else None
 
     def _with_first_frame(self, video: torch.Tensor, boxes: list) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP tokens and VAE condition with the clip's first frame as an extra I2V condition."""

@@ -3,7 +3,8 @@
 One optimizer step::
 
     for each of the gradient_accumulation_steps micro-batches (micro_batch_size clips on this rank):
-        features  <- the feature cache, or the frozen encoders run on decoded clips (inference code)
+        features  <- the feature cache, or the frozen encoders run on decoded clips (inference code);
+                     with condition dropout, some clips get the negative prompt's states (CFG's other branch)
         noise, t  <- drawn per sample, keyed by its stream position (layout-independent, resumable)
         with each clip's MLLM padding rows skipped in cross-attention (forward and backward):
             loss  <- weighted rectified-flow MSE of predict_velocity(DiT, x_t, t, cond) vs eps - x_0
@@ -57,7 +58,7 @@ from .distributed import (
     shard_transformer,
     shutdown_distributed,
 )
-from .features import DTYPES, FeatureBatch, FeatureEncoder, collate_features
+from .features import DTYPES, FeatureBatch, FeatureEncoder, collate_features, condition_dropped
 from .manifest import read_clip_manifest
 from .metrics import MetricsLogger
 from .model import configure_trainable, load_pipeline
@@ -195,6 +196,8 @@ class Trainer:
             if config.validation.every_steps
             else None
         )
+        # Condition dropout's umT5 states: the negative prompt's, the same for every clip.
+        self.negative_text = self.encoder.negative_text() if config.data.condition_dropout > 0 else None
         if not online:
             for name in ("text_encoder", "image_encoder", "mllm"):
                 module = getattr(self.pipe, name, None)
@@ -321,8 +324,15 @@ class Trainer:
         )
         return iter(make_loader(dataset, sampler, config.data.num_workers, config.seed + ctx.rank))
 
-    def _features(self, samples: list[Sample]) -> FeatureBatch:
+    def _features(self, samples: list[Sample], stage_index: int) -> FeatureBatch:
         items = [self.encoder.encode(s.item) if isinstance(s.item, RawClip) else s.item for s in samples]
+        dropout, seed = self.config.data.condition_dropout, self.config.seed
+        items = [
+            item.unconditional(self.negative_text)
+            if condition_dropped(seed, stage_index, sample.key.position, dropout)
+            else item
+            for item, sample in zip(items, samples, strict=True)
+        ]
         return collate_features(items, [s.line for s in samples], [s.key.position for s in samples])
 
     def _optimizer_step(self, batches: Iterator[list[Sample]], stage_index: int) -> StepResult:
@@ -332,7 +342,7 @@ class Trainer:
         for micro in range(accumulation):
             samples = next(batches)
             skipped += sum(len(s.skipped) for s in samples)
-            batch = self._features(samples).to(self.ctx.device)
+            batch = self._features(samples, stage_index).to(self.ctx.device)
             noise, index = self.objective.draw(
                 tuple(batch.latents.shape[1:]), config.seed, stage_index, batch.positions
             )
