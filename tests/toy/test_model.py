@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bindweave import cli
 from bindweave.conditioning.latents import encode_video
@@ -19,37 +21,88 @@ from bindweave.toy.evaluate import ToyEvalConfig, format_table, toy_eval
 from bindweave.toy.export import export_pipeline
 from bindweave.toy.metrics import score_clip
 from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE, toy_corpus, toy_vae
-from bindweave.toy.vae import ToyBaseConfig, reconstruct_clip, run_toy_base, toy_vae_batch
+from bindweave.toy.vae import (
+    ToyBaseConfig,
+    reconstruct_clip,
+    reconstruction_loss,
+    run_toy_base,
+    toy_vae_batch,
+)
 from bindweave.toy.world import render_clip
 
 
-def test_toy_vae_compresses_4x_in_space_and_time():
-    vae = toy_vae()
+@pytest.mark.parametrize(
+    ("spatial", "temporal", "latent_shape"),
+    [(4, 4, (16, 5, 16, 16)), (2, 2, (16, 9, 32, 32)), (2, 1, (16, 17, 32, 32))],
+)
+def test_toy_vae_compresses_as_asked(spatial, temporal, latent_shape):
+    vae = toy_vae(spatial_compression=spatial, temporal_compression=temporal)
     video = torch.zeros(1, 3, 17, 64, 64)
     with torch.no_grad():
         latents = vae.encode(video).latent_dist.mode()
-    assert latents.shape == (1, 16, 5, 16, 16)
-    assert (vae.config.scale_factor_spatial, vae.config.scale_factor_temporal) == (4, 4)
+        decoded = vae.decode(latents).sample
+    assert latents.shape == (1, *latent_shape)
+    assert decoded.shape == video.shape
+    assert (vae.config.scale_factor_spatial, vae.config.scale_factor_temporal) == (spatial, temporal)
+
+
+def test_toy_vae_refuses_more_compression_in_time_than_in_space():
+    with pytest.raises(ValueError, match="at most the spatial one"):
+        toy_vae(spatial_compression=2, temporal_compression=4)
+    with pytest.raises(ValueError, match="--temporal-compression 4 exceeds"):
+        ToyBaseConfig(out="x", spatial_compression=2, temporal_compression=4).validate()
 
 
 def test_vae_batches_are_clips_and_reference_canvases():
-    batch = toy_vae_batch(np.random.default_rng(0), 16, seed=0)
+    batch, mask = toy_vae_batch(np.random.default_rng(0), 16, seed=0)
     assert batch.shape == (16, 3, 9, 64, 64)  # 1 + 2 chunks of 4: every causal-cache path of the VAE
+    assert mask.shape == (16, 1, 9, 64, 64)
     assert batch.min() >= -1 and batch.max() <= 1
     static = [(b[:, :1] == b).all().item() for b in batch]  # reference canvases are repeated frames
     assert 0 < sum(static) < 16
-    assert torch.equal(batch, toy_vae_batch(np.random.default_rng(0), 16, seed=0))
+    again, again_mask = toy_vae_batch(np.random.default_rng(0), 16, seed=0)
+    assert torch.equal(batch, again) and torch.equal(mask, again_mask)
+
+
+def test_vae_batch_masks_cover_the_sprites_and_one_pixel_around_them():
+    batch, mask = toy_vae_batch(np.random.default_rng(1), 12, seed=0)
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    for pixels, m in zip(batch, mask[:, 0], strict=True):
+        frame, frame_mask = pixels[:, 0], m[0]  # (3, H, W), (H, W)
+        if (frame[:, 0, 0] == -1).all():  # a reference canvas: the sprite on white inside black (no
+            # clip background is black)
+            sprite = (frame < 1).any(0) & (frame > -1).any(0)  # neither white nor the black border
+        else:  # a clip window: whatever is not the background colour (the corner pixel's here)
+            background = frame[:, :1, :1]
+            sprite = (frame != background).any(0)
+        grown = F.max_pool2d(sprite[None].float(), 3, stride=1, padding=1)[0]
+        assert torch.equal(frame_mask, grown), "the mask is the sprites grown by one pixel"
+        assert 0 < frame_mask.mean() < 0.6
 
 
 def test_vae_batch_crops_are_windows_of_the_whole_frames():
-    whole = toy_vae_batch(np.random.default_rng(3), 6, seed=0)
-    cropped = toy_vae_batch(np.random.default_rng(3), 6, seed=0, crop=32)
+    whole, whole_mask = toy_vae_batch(np.random.default_rng(3), 6, seed=0)
+    cropped, cropped_mask = toy_vae_batch(np.random.default_rng(3), 6, seed=0, crop=32)
     assert cropped.shape == (6, 3, 9, 32, 32)
     for clip, crop in zip(whole, cropped, strict=True):  # the same clips, drawn in the same order
         windows = clip.unfold(2, 32, 1).unfold(3, 32, 1)  # (3, 9, 33, 33, 32, 32)
         assert (windows == crop[:, :, None, None]).flatten(4).all(-1).all(0).all(0).any()
     with pytest.raises(ValueError, match="multiple of 4"):
         toy_vae_batch(np.random.default_rng(0), 1, seed=0, crop=30)
+
+
+def test_reconstruction_loss_weighs_the_sprites():
+    torch.manual_seed(0)
+    recon, target = torch.randn(2, 3, 5, 8, 8), torch.randn(2, 3, 5, 8, 8)
+    mask = (torch.rand(2, 1, 5, 8, 8) < 0.2).float()
+    error = recon - target
+    plain = error.abs().mean() + error.pow(2).mean()  # the loss before subject weighting
+    assert torch.equal(reconstruction_loss(recon, target, mask, 0.0), plain)  # the same operations
+    per_pixel = (error.abs() + error.pow(2)).sum(1)  # (2, 5, 8, 8), summed over channels
+    on, off = per_pixel[mask[:, 0] == 1].sum(), per_pixel[mask[:, 0] == 0].sum()
+    n_on, n_off = 3 * mask.sum(), 3 * (1 - mask).sum()
+    expected = (10 * on + off) / (10 * n_on + n_off)
+    torch.testing.assert_close(reconstruction_loss(recon, target, mask, 9.0), expected)
 
 
 def test_toy_tokenizers_know_the_toy_words(toy_pipe):
@@ -72,6 +125,31 @@ def test_toy_pipeline_generates_at_its_native_size(toy_pipe):
         generator=torch.Generator().manual_seed(0),
     ).frames[0]
     assert frames.shape == (17, 64, 64, 3)
+
+
+def test_a_less_compressing_vae_gets_larger_dit_patches_and_the_same_tokens_per_frame(toy_pipe):
+    from bindweave.default_model import demo_references
+    from bindweave.toy.model import build_toy_pipeline
+
+    pipe = build_toy_pipeline(toy_vae(spatial_compression=2, temporal_compression=2, width=16), seed=0)
+    assert pipe.transformer.config.patch_size == (1, 4, 4)
+    assert toy_pipe.transformer.config.patch_size == (1, 2, 2)  # the shipped recipe's VAE: 4x and 4x
+    lengths = {}
+    for name, p in (("2x", pipe), ("4x", toy_pipe)):
+
+        def record(_module, _args, kwargs, name=name):
+            lengths.setdefault(name, tuple(kwargs["hidden_states"].shape))
+
+        hook = p.transformer.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            frames = p("On a grey background, the subject rises.", demo_references()[:1], num_inference_steps=1,
+                       generator=torch.Generator().manual_seed(0)).frames[0]  # fmt: skip
+        finally:
+            hook.remove()
+        assert frames.shape == (17, 64, 64, 3)
+    # Latents (B, z, F, h, w): 9 frames of 32 x 32 against 5 of 16 x 16; 8 x 8 tokens of 8 x 8 pixels
+    # per frame in both.
+    assert lengths == {"2x": (1, 16, 9, 32, 32), "4x": (1, 16, 5, 16, 16)}
 
 
 @pytest.mark.parametrize("name", ["no-mllm", "no-clip", "no-vae-refs"])
@@ -124,7 +202,8 @@ def test_run_toy_base_writes_a_loadable_pipeline_and_reuses_it(tmp_path, capsys,
     config = ToyBaseConfig(out=out, steps=2, clip_steps=1, batch_size=2, crop=16)
     run_toy_base(config)
     pipe = BindWeavePipeline.from_pretrained(out)
-    assert pipe.vae.config.scale_factor_spatial == 4
+    assert (pipe.vae.config.scale_factor_spatial, pipe.vae.config.scale_factor_temporal) == (4, 4)
+    assert tuple(pipe.transformer.config.patch_size) == (1, 2, 2)  # tokens of 8 x 8 pixels
     mean = torch.tensor(pipe.vae.config.latents_mean)
     assert mean.shape == (16,) and mean.abs().max() > 0  # measured, not the 0 placeholder
     assert json.loads((out / "toy_base.json").read_text())["steps"] == 2
@@ -133,6 +212,34 @@ def test_run_toy_base_writes_a_loadable_pipeline_and_reuses_it(tmp_path, capsys,
     assert (out / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(FileExistsError, match="other settings"):
         run_toy_base(ToyBaseConfig(out=out, steps=3, clip_steps=1, batch_size=2, crop=16))
+    # A folder made before the compression, width and weight options had them as the defaults are now.
+    record = json.loads((out / "toy_base.json").read_text())
+    for key in ("spatial_compression", "temporal_compression", "vae_width", "subject_weight"):
+        del record[key]
+    (out / "toy_base.json").write_text(json.dumps(record))
+    run_toy_base(config)  # kept
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(FileExistsError, match="other settings"):
+        run_toy_base(dataclasses.replace(config, spatial_compression=2, temporal_compression=2))
+
+
+def test_toy_base_makes_the_less_compressing_vae_and_its_dit(tmp_path, monkeypatch):
+    from bindweave.toy import vae
+
+    monkeypatch.setattr(vae, "_STATS_CLIPS", 2)
+    config = ToyBaseConfig(
+        out=tmp_path / "base", steps=1, clip_steps=1, batch_size=2, crop=16,
+        spatial_compression=2, temporal_compression=2, vae_width=8, subject_weight=10.0,
+    )  # fmt: skip
+    assert [phase.frames for phase in vae.vae_phases(config)] == [
+        5,
+        17,
+    ]  # the first frame + two 2-frame chunks
+    run_toy_base(config)
+    pipe = BindWeavePipeline.from_pretrained(config.out)
+    assert (pipe.vae.config.scale_factor_spatial, pipe.vae.config.scale_factor_temporal) == (2, 2)
+    assert pipe.vae.config.base_dim == 8 and tuple(pipe.transformer.config.patch_size) == (1, 4, 4)
+    assert json.loads((config.out / "toy_base.json").read_text())["subject_weight"] == 10.0
 
 
 def test_export_resolves_links_and_drops_training_state(tmp_path, toy_pipe):

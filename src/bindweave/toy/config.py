@@ -29,13 +29,34 @@ class ToyDataConfig:
 @dataclass
 class ToyBaseConfig:
     out: Path = field(help="folder of the base pipeline (trained VAE, untrained DiT) to write")
-    steps: int = field(1200, help="VAE steps on 9-frame windows")
+    steps: int = field(1200, help="VAE steps on short windows (the first frame and two latent chunks)")
     clip_steps: int = field(600, help="then VAE steps on whole 17-frame clips, at lr / 4 and half the batch")
     batch_size: int = field(8, help="clips per VAE step on windows")
     crop: int = field(32, help="side of the random square crops the VAE trains on (<= 64, a multiple of 4)")
     lr: float = field(2e-3, help="peak AdamW learning rate (cosine decay to 0)")
+    spatial_compression: Literal[2, 4] = field(
+        4, help="VAE spatial compression; the DiT's patch is 8 / this, so a token always covers 8 x 8 pixels"
+    )
+    temporal_compression: Literal[1, 2, 4] = field(
+        4, help="VAE temporal compression (<= the spatial one: Wan's blocks downsample space with time)"
+    )
+    vae_width: int = field(8, help="channels of the VAE's first level (doubled at each further level)")
+    subject_weight: float = field(
+        0.0, help="extra loss weight on the sprites' pixels (0: plain mean; the background is most pixels)"
+    )
     seed: int = field(0, help="seeds the clips drawn, the VAE and the untrained components")
     threads: int | None = field(None, help="torch CPU threads (default: torch's choice)")
+
+    def validate(self) -> None:
+        if self.temporal_compression > self.spatial_compression:
+            raise ValueError(
+                f"--temporal-compression {self.temporal_compression} exceeds --spatial-compression "
+                f"{self.spatial_compression}: each Wan VAE level downsamples space, and time only with it"
+            )
+        if self.vae_width < 1 or self.subject_weight < 0:
+            raise ValueError(
+                f"--vae-width must be >= 1 and --subject-weight >= 0, got {self.vae_width}, {self.subject_weight}"
+            )
 
 
 @dataclass

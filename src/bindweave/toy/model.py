@@ -2,9 +2,12 @@
 
 Every component is the real class (umT5, CLIP vision, Wan VAE, BindWeave DiT, Qwen2.5-VL), shrunk:
 
-- VAE: ``AutoencoderKLWan`` with 4x spatial (not 8x) and the real 4x temporal compression, z_dim 16, so
-  a 64 x 64 frame is 16 x 16 latents and a 14-20 px sprite still spans 4-5 latent pixels. It is the one
-  component trained before the DiT (:mod:`bindweave.toy.vae`): a random VAE decodes nothing.
+- VAE: ``AutoencoderKLWan``, z_dim 16, with 4x spatial (not 8x) and the real 4x temporal compression, so
+  a 64 x 64 frame is 16 x 16 latents and a 14-20 px sprite spans 4-5 latent pixels: 12 pixel values per
+  latent value, which loses most of a sprite's look (``toy-eval``'s ``vae-recon``: fidelity 0.36).
+  ``toy base`` can make one that compresses 2x and 2x (1.5 values per latent value; README, "The toy
+  world"). It is the one component trained before the DiT (:mod:`bindweave.toy.vae`): a random VAE
+  decodes nothing.
 - umT5 / CLIP / Qwen2.5-VL: the tiny random encoders of :mod:`bindweave.testing`, frozen, as the paper
   freezes them; their tokenizers are also trained on toy prompts (a 48-word toy prompt: 106 umT5
   pieces instead of 129).
@@ -12,7 +15,10 @@ Every component is the real class (umT5, CLIP vision, Wan VAE, BindWeave DiT, Qw
   CLIP features are of unit scale, and so are the Qwen2.5-VL states: taken after its final RMSNorm
   (whose weight is all ones here), every token has an RMS of 1.0 (mean magnitude 0.81 per element on the
   demo prompt; before the norm they were about 0.02).
-- DiT: 4 blocks of width 128 (4 heads of 32), 2 x 2 patches; trained with ``bindweave train``.
+- DiT: 4 blocks of width 128 (4 heads of 32), patches of 8 x 8 pixels (2 x 2 latents of the 4x VAE, 4 x 4
+  of a 2x one, so the tokens per frame do not grow with the latents); trained with ``bindweave train``.
+  A token holds z x p x p noisy latent values (64 with the 4x VAE, 256 with the 2x one) and the width
+  must carry them: at width 128 on the 2x VAE the samples keep their noise (README, "The toy world").
 """
 
 from __future__ import annotations
@@ -48,25 +54,41 @@ _CORPUS_SCENES = 400  # toy prompts added to the tokenizers' training text
 
 
 def toy_vae(
-    latents_mean: list[float] | None = None, latents_std: list[float] | None = None
+    latents_mean: list[float] | None = None,
+    latents_std: list[float] | None = None,
+    *,
+    spatial_compression: int = 4,
+    temporal_compression: int = 4,
+    width: int = 8,
 ) -> AutoencoderKLWan:
-    """The toy Wan VAE (untrained); ``latents_mean`` / ``latents_std`` default to 0 / 1."""
+    """The toy Wan VAE (untrained); ``latents_mean`` / ``latents_std`` default to 0 / 1.
+
+    Each Wan encoder level but the last halves the frame, and halves time too where asked (frames then
+    stay ``k * temporal_compression + 1``), so ``spatial_compression`` sets the levels.
+    """
+    levels = {2: 1, 4: 2}.get(spatial_compression)
+    time_levels = {1: 0, 2: 1, 4: 2}.get(temporal_compression)
+    if levels is None or time_levels is None or time_levels > levels:
+        raise ValueError(
+            f"toy VAE compression must be 2 or 4 in space and 1, 2 or 4 (at most the spatial one) in time, "
+            f"got {spatial_compression} and {temporal_compression}"
+        )
     return AutoencoderKLWan(
-        base_dim=8,
+        base_dim=width,
         z_dim=16,
-        dim_mult=[1, 2, 4],  # 2 spatial downsamples: 4x
+        dim_mult=[1, 2, 4][: levels + 1],
         num_res_blocks=1,
         attn_scales=[],
-        temperal_downsample=[True, True],  # 2 temporal downsamples: 4x, frames 4k + 1
+        temperal_downsample=[i < time_levels for i in range(levels)],
         latents_mean=latents_mean or [0.0] * 16,
         latents_std=latents_std or [1.0] * 16,
-        scale_factor_spatial=4,
-        scale_factor_temporal=4,
+        scale_factor_spatial=spatial_compression,
+        scale_factor_temporal=temporal_compression,
     )
 
 
-def toy_transformer_kwargs() -> dict[str, Any]:
-    """The toy DiT: the tiny BindWeave config, 4 blocks of width 128."""
+def toy_transformer_kwargs(patch: int = 2) -> dict[str, Any]:
+    """The toy DiT: the tiny BindWeave config, 4 blocks of width 128, ``patch x patch`` latent patches."""
     kwargs = tiny_transformer_kwargs()
     heads, head_dim = 4, 32
     kwargs.update(
@@ -75,6 +97,7 @@ def toy_transformer_kwargs() -> dict[str, Any]:
         added_kv_proj_dim=heads * head_dim,
         ffn_dim=512,
         num_layers=4,
+        patch_size=(1, patch, patch),
     )
     return kwargs
 
@@ -86,7 +109,10 @@ def toy_corpus(seed: int = 0) -> list[str]:
 
 
 def build_toy_pipeline(vae: AutoencoderKLWan, *, seed: int = 0):
-    """The untrained toy ``BindWeavePipeline`` around a trained ``vae`` (float32, on CPU)."""
+    """The untrained toy ``BindWeavePipeline`` around a trained ``vae`` (float32, on CPU).
+
+    The DiT's patches cover 8 x 8 pixels whatever the VAE's spatial compression.
+    """
     from bindweave.models import BindWeaveTransformer3DModel
     from bindweave.pipeline import BindWeavePipeline
 
@@ -101,7 +127,9 @@ def build_toy_pipeline(vae: AutoencoderKLWan, *, seed: int = 0):
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = BindWeaveTransformer3DModel(**toy_transformer_kwargs())
+        transformer = BindWeaveTransformer3DModel(
+            **toy_transformer_kwargs(8 // vae.config.scale_factor_spatial)
+        )
     components = {**stock.components, "vae": vae.eval(), "transformer": transformer}
     defaults = {f"default_{k}": v for k, v in TOY_SIZE.items()}
     return BindWeavePipeline(

@@ -4,15 +4,19 @@ The VAE is the only component trained before the DiT (a random one decodes nothi
 reconstruct toy clips rendered on the fly from the training split, and letterboxed reference canvases,
 as BindWeave encodes them, in two phases (:func:`vae_phases`):
 
-1. windows of 9 frames: the first frame alone and two 4-frame chunks. The causal Wan VAE runs its
-   convolutions differently on each of the three (zero history, a one-frame history, a full chunk's
-   history) and every later chunk of a 17-frame clip runs like the third, so all three must be trained;
+1. windows of ``1 + 2 t`` frames (9 at the default 4x temporal compression ``t``): the first frame alone
+   and two t-frame chunks. The causal Wan VAE runs its convolutions differently on each of the three
+   (zero history, a one-frame history, a full chunk's history) and every later chunk of a 17-frame clip
+   runs like the third, so all three must be trained;
 2. whole 17-frame clips, as the VAE is used, at a quarter of the learning rate.
 
 Both train on random square crops (the VAE is convolutional apart from its mid-block attention, so it
 runs on whole frames), which makes a step several times cheaper. Loss: L1 + MSE on the pixels decoded
-from the posterior mode, plus a tiny KL term. The per-channel latent mean / std are then measured on
-whole clips and saved in the VAE config, as Wan's are, so the DiT sees unit-scale latents.
+from the posterior mode, plus a tiny KL term. The sprites cover a few percent of a clip, so a plain mean
+lets the background dominate; ``subject_weight`` weighs the sprites' pixels (their masks grown by one
+pixel, so edges count) ``1 + subject_weight`` times a background pixel. The per-channel latent mean / std
+are then measured on whole clips and saved in the VAE config, as Wan's are, so the DiT sees unit-scale
+latents.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanResidualBlock
 from tqdm.auto import tqdm
@@ -45,16 +50,23 @@ __all__ = [
     "VaePhase",
     "fit_vae",
     "initial_vae",
+    "reconstruction_loss",
     "run_toy_base",
     "toy_vae_batch",
     "train_toy_vae",
     "vae_phases",
 ]
 
-_WINDOW = 9  # frames per VAE training clip: 1 + two chunks of 4
 _KL_WEIGHT = 1e-6
 _STATS_CLIPS = 64
 _RECORD = "toy_base.json"  # the settings a base folder was made with
+# Options added later, with the values every base folder made before them had.
+_EARLIER_SETTINGS = {
+    "spatial_compression": 4,
+    "temporal_compression": 4,
+    "vae_width": 8,
+    "subject_weight": 0.0,
+}
 
 
 def _vae_input(frames: np.ndarray) -> torch.Tensor:
@@ -63,27 +75,43 @@ def _vae_input(frames: np.ndarray) -> torch.Tensor:
 
 
 def toy_vae_batch(
-    rng: np.random.Generator, batch_size: int, seed: int, crop: int = FRAME_SIZE, frames: int = _WINDOW
-) -> torch.Tensor:
-    """A VAE training batch ``(B, 3, frames, crop, crop)`` in [-1, 1]: clip windows and reference canvases.
+    rng: np.random.Generator, batch_size: int, seed: int, crop: int = FRAME_SIZE, frames: int = 9
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A VAE training batch: clip windows and reference canvases, and where their sprites are.
 
-    Scenes come from the training split (world seed ``seed``), indices and crop corners drawn by ``rng``.
+    Returns ``(B, 3, frames, crop, crop)`` pixels in [-1, 1] and ``(B, 1, frames, crop, crop)`` sprite
+    masks (1 on a sprite's pixels and the pixels next to them, else 0). Scenes come from the training split
+    (world seed ``seed``), indices and crop corners drawn by ``rng``.
     """
     if not 4 <= crop <= FRAME_SIZE or crop % 4:
         raise ValueError(f"crop must be a multiple of 4 in [4, {FRAME_SIZE}], got {crop}")
-    clips = []
+    clips, masks = [], []
     for _ in range(batch_size):
         scene = sample_scene(scene_rng(seed, "train", int(rng.integers(1 << 30))))
         if rng.uniform() < 0.25:  # a reference canvas, repeated: what the reference slots encode
-            image, _ = reference_image(scene.subjects[0].sprite)
-            canvas = letterbox(image, FRAME_SIZE, FRAME_SIZE).canvas  # (3, H, W) in [0, 1]
-            clips.append(canvas[:, None].expand(3, frames, FRAME_SIZE, FRAME_SIZE) * 2 - 1)
+            image, sprite_mask = reference_image(scene.subjects[0].sprite)
+            canvas = letterbox(image, FRAME_SIZE, FRAME_SIZE)  # (3, H, W) in [0, 1], the sprite not enlarged
+            left, top, width, height = canvas.box
+            mask = torch.zeros(FRAME_SIZE, FRAME_SIZE)
+            mask[top : top + height, left : left + width] = torch.from_numpy(
+                np.asarray(sprite_mask) > 0
+            ).float()
+            clips.append(canvas.canvas[:, None].expand(3, frames, FRAME_SIZE, FRAME_SIZE) * 2 - 1)
+            masks.append(mask.expand(frames, FRAME_SIZE, FRAME_SIZE))
             continue
         start = int(rng.integers(NUM_FRAMES - frames + 1))
         window = render_clip(scene, num_frames=start + frames)[start:]  # (frames, H, W, 3) uint8
         clips.append(_vae_input(window))
+        masks.append(torch.from_numpy((window != np.array(scene.background_rgb, np.uint8)).any(-1)).float())
     top, left = rng.integers(FRAME_SIZE - crop + 1, size=(2, batch_size))
-    return torch.stack([c[..., t : t + crop, x : x + crop] for c, t, x in zip(clips, top, left, strict=True)])
+    corners = list(zip(top, left, strict=True))
+    pixels = torch.stack(
+        [c[..., t : t + crop, x : x + crop] for c, (t, x) in zip(clips, corners, strict=True)]
+    )
+    mask = torch.stack(
+        [m[None, :, t : t + crop, x : x + crop] for m, (t, x) in zip(masks, corners, strict=True)]
+    )
+    return pixels, F.max_pool3d(mask, (1, 3, 3), stride=1, padding=(0, 1, 1))  # grown by one pixel
 
 
 def _cosine(step: int, total: int, warmup: int = 50) -> float:
@@ -105,20 +133,25 @@ class VaePhase:
 
 
 def vae_phases(config: ToyBaseConfig) -> list[VaePhase]:
-    """Windows of 9 frames first (cheap, every cache path), then whole clips, as the VAE is used."""
+    """Short windows first (cheap, every cache path), then whole clips, as the VAE is used."""
+    window = 1 + 2 * config.temporal_compression  # the first frame and two chunks
     return [
-        VaePhase("windows", _WINDOW, config.steps, config.batch_size, config.lr, stream=1),
+        VaePhase("windows", window, config.steps, config.batch_size, config.lr, stream=1),
         VaePhase(
             "clips", NUM_FRAMES, config.clip_steps, max(1, config.batch_size // 2), config.lr / 4, stream=2
         ),
     ]
 
 
-def initial_vae(seed: int) -> AutoencoderKLWan:
+def initial_vae(config: ToyBaseConfig) -> AutoencoderKLWan:
     """The untrained toy VAE, every residual block starting as the identity (its last conv zeroed)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = toy_vae()
+        torch.manual_seed(config.seed)
+        vae = toy_vae(
+            spatial_compression=config.spatial_compression,
+            temporal_compression=config.temporal_compression,
+            width=config.vae_width,
+        )
     for module in vae.modules():
         if isinstance(module, WanResidualBlock):
             torch.nn.init.zeros_(module.conv2.weight)
@@ -126,7 +159,22 @@ def initial_vae(seed: int) -> AutoencoderKLWan:
     return vae
 
 
-def fit_vae(vae: AutoencoderKLWan, phase: VaePhase, *, crop: int, seed: int) -> None:
+def reconstruction_loss(
+    recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, subject_weight: float
+) -> torch.Tensor:
+    """L1 + MSE per pixel, weighted ``1 + subject_weight`` on ``mask`` (broadcast over channels) and
+    normalised by the weights; at ``subject_weight`` 0 the plain mean, computed as before the option (so
+    the recipe's default VAE trains on the same float32 values)."""
+    error = recon - target
+    if subject_weight == 0:
+        return error.abs().mean() + error.pow(2).mean()
+    weight = (1 + subject_weight * mask).expand_as(error)
+    return (weight * (error.abs() + error.pow(2))).sum() / weight.sum()
+
+
+def fit_vae(
+    vae: AutoencoderKLWan, phase: VaePhase, *, crop: int, seed: int, subject_weight: float = 0.0
+) -> None:
     """Run one training phase on ``vae`` in place (a fresh optimizer per phase)."""
     if phase.steps == 0:
         return
@@ -141,12 +189,12 @@ def fit_vae(vae: AutoencoderKLWan, phase: VaePhase, *, crop: int, seed: int) -> 
     progress = tqdm(range(phase.steps), desc=f"toy VAE ({phase.name})", unit="step")
     try:
         for _ in progress:
-            x = toy_vae_batch(rng, phase.batch_size, seed, crop, frames=phase.frames)
+            x, mask = toy_vae_batch(rng, phase.batch_size, seed, crop, frames=phase.frames)
             posterior = vae.encode(x).latent_dist
             raw.clear()
             vae.decode(posterior.mode())
             recon = torch.cat(raw, dim=2)  # (B, 3, frames, crop, crop), one decoder call per latent frame
-            loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + _KL_WEIGHT * posterior.kl().mean()
+            loss = reconstruction_loss(recon, x, mask, subject_weight) + _KL_WEIGHT * posterior.kl().mean()
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -159,9 +207,9 @@ def fit_vae(vae: AutoencoderKLWan, phase: VaePhase, *, crop: int, seed: int) -> 
 
 def train_toy_vae(config: ToyBaseConfig) -> AutoencoderKLWan:
     """Train the toy VAE through :func:`vae_phases` and set its latent mean / std; returns it in eval mode."""
-    vae = initial_vae(config.seed)
+    vae = initial_vae(config)
     for phase in vae_phases(config):
-        fit_vae(vae, phase, crop=config.crop, seed=config.seed)
+        fit_vae(vae, phase, crop=config.crop, seed=config.seed, subject_weight=config.subject_weight)
     mean, std = latent_statistics(vae, config.seed)
     vae.register_to_config(latents_mean=mean, latents_std=std)
     return vae
@@ -201,10 +249,11 @@ def run_toy_base(config: ToyBaseConfig) -> Path:
     A folder already made with the same settings is kept (so the recipe can be rerun); one made with other
     settings is an error.
     """
+    config.validate()
     out = Path(config.out)
     record = out / _RECORD
     if record.is_file():
-        made_with = json.loads(record.read_text())
+        made_with = {**_EARLIER_SETTINGS, **json.loads(record.read_text())}
         if made_with != _settings(config):
             raise FileExistsError(
                 f"{out} was made with other settings ({record}: {made_with}); choose another --out"
