@@ -17,8 +17,8 @@ Every component is the real class (umT5, CLIP vision, Wan VAE, BindWeave DiT, Qw
   demo prompt; before the norm they were about 0.02).
 - DiT: 4 blocks of width 128 (4 heads of 32), patches of 8 x 8 pixels (2 x 2 latents of the 4x VAE, 4 x 4
   of a 2x one, so the tokens per frame do not grow with the latents); trained with ``bindweave train``.
-  A token holds z x p x p noisy latent values (64 with the 4x VAE, 256 with the 2x one) and the width
-  must carry them: at width 128 on the 2x VAE the samples keep their noise (README, "The toy world").
+  A token holds z x p x p noisy latent values (64 with the 4x VAE, 256 with the 2x one); on the 2x VAE
+  the samples of DiTs trained so far stay grainy (README, "The toy world").
 """
 
 from __future__ import annotations
