@@ -84,9 +84,13 @@ def test_vae_batch_crops_are_windows_of_the_whole_frames():
     whole, whole_mask = toy_vae_batch(np.random.default_rng(3), 6, seed=0)
     cropped, cropped_mask = toy_vae_batch(np.random.default_rng(3), 6, seed=0, crop=32)
     assert cropped.shape == (6, 3, 9, 32, 32)
-    for clip, crop in zip(whole, cropped, strict=True):  # the same clips, drawn in the same order
+    assert cropped_mask.shape == (6, 1, 9, 32, 32)
+    for clip, crop, m, crop_m in zip(whole, cropped, whole_mask, cropped_mask, strict=True):  # the same clips
         windows = clip.unfold(2, 32, 1).unfold(3, 32, 1)  # (3, 9, 33, 33, 32, 32)
-        assert (windows == crop[:, :, None, None]).flatten(4).all(-1).all(0).all(0).any()
+        mask_windows = m.unfold(2, 32, 1).unfold(3, 32, 1)  # (1, 9, 33, 33, 32, 32)
+        same_pixels = (windows == crop[:, :, None, None]).flatten(4).all(-1).all(0).all(0)  # (33, 33)
+        same_mask = (mask_windows == crop_m[:, :, None, None]).flatten(4).all(-1).all(0).all(0)
+        assert (same_pixels & same_mask).any()  # a window of the frame, pixels and mask alike
     with pytest.raises(ValueError, match="multiple of 4"):
         toy_vae_batch(np.random.default_rng(0), 1, seed=0, crop=30)
 

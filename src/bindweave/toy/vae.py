@@ -103,15 +103,15 @@ def toy_vae_batch(
         window = render_clip(scene, num_frames=start + frames)[start:]  # (frames, H, W, 3) uint8
         clips.append(_vae_input(window))
         masks.append(torch.from_numpy((window != np.array(scene.background_rgb, np.uint8)).any(-1)).float())
+    # Grown by one pixel on the whole frame, then cropped: a crop's mask is a window of the frame's.
+    grown = F.max_pool3d(torch.stack(masks)[:, None], (1, 3, 3), stride=1, padding=(0, 1, 1))
     top, left = rng.integers(FRAME_SIZE - crop + 1, size=(2, batch_size))
     corners = list(zip(top, left, strict=True))
     pixels = torch.stack(
         [c[..., t : t + crop, x : x + crop] for c, (t, x) in zip(clips, corners, strict=True)]
     )
-    mask = torch.stack(
-        [m[None, :, t : t + crop, x : x + crop] for m, (t, x) in zip(masks, corners, strict=True)]
-    )
-    return pixels, F.max_pool3d(mask, (1, 3, 3), stride=1, padding=(0, 1, 1))  # grown by one pixel
+    mask = torch.stack([m[..., t : t + crop, x : x + crop] for m, (t, x) in zip(grown, corners, strict=True)])
+    return pixels, mask
 
 
 def _cosine(step: int, total: int, warmup: int = 50) -> float:
