@@ -32,11 +32,16 @@ from bindweave.toy.world import render_clip
 
 
 @pytest.mark.parametrize(
-    ("spatial", "temporal", "latent_shape"),
-    [(4, 4, (16, 5, 16, 16)), (2, 2, (16, 9, 32, 32)), (2, 1, (16, 17, 32, 32))],
+    ("spatial", "temporal", "channels", "latent_shape"),
+    [
+        (4, 4, 16, (16, 5, 16, 16)),
+        (2, 2, 16, (16, 9, 32, 32)),
+        (2, 1, 16, (16, 17, 32, 32)),
+        (2, 2, 4, (4, 9, 32, 32)),
+    ],
 )
-def test_toy_vae_compresses_as_asked(spatial, temporal, latent_shape):
-    vae = toy_vae(spatial_compression=spatial, temporal_compression=temporal)
+def test_toy_vae_compresses_as_asked(spatial, temporal, channels, latent_shape):
+    vae = toy_vae(spatial_compression=spatial, temporal_compression=temporal, latent_channels=channels)
     video = torch.zeros(1, 3, 17, 64, 64)
     with torch.no_grad():
         latents = vae.encode(video).latent_dist.mode()
@@ -136,10 +141,16 @@ def test_a_less_compressing_vae_gets_larger_dit_patches_and_the_same_tokens_per_
     from bindweave.toy.model import build_toy_pipeline
 
     pipe = build_toy_pipeline(toy_vae(spatial_compression=2, temporal_compression=2, width=16), seed=0)
+    narrow = build_toy_pipeline(
+        toy_vae(spatial_compression=2, temporal_compression=2, latent_channels=4), seed=0
+    )
     assert pipe.transformer.config.patch_size == (1, 4, 4)
     assert toy_pipe.transformer.config.patch_size == (1, 2, 2)  # the shipped recipe's VAE: 4x and 4x
+    # The DiT's channels follow the VAE's: noise z + condition (4 masks + z), out z.
+    assert (narrow.transformer.config.in_channels, narrow.transformer.config.out_channels) == (12, 4)
+    assert (pipe.transformer.config.in_channels, pipe.transformer.config.out_channels) == (36, 16)
     lengths = {}
-    for name, p in (("2x", pipe), ("4x", toy_pipe)):
+    for name, p in (("2x", pipe), ("4x", toy_pipe), ("2x z4", narrow)):
 
         def record(_module, _args, kwargs, name=name):
             lengths.setdefault(name, tuple(kwargs["hidden_states"].shape))
@@ -153,7 +164,7 @@ def test_a_less_compressing_vae_gets_larger_dit_patches_and_the_same_tokens_per_
         assert frames.shape == (17, 64, 64, 3)
     # Latents (B, z, F, h, w): 9 frames of 32 x 32 against 5 of 16 x 16; 8 x 8 tokens of 8 x 8 pixels
     # per frame in both.
-    assert lengths == {"2x": (1, 16, 9, 32, 32), "4x": (1, 16, 5, 16, 16)}
+    assert lengths == {"2x": (1, 16, 9, 32, 32), "4x": (1, 16, 5, 16, 16), "2x z4": (1, 4, 9, 32, 32)}
 
 
 @pytest.mark.parametrize("name", ["no-mllm", "no-clip", "no-vae-refs"])
@@ -218,7 +229,13 @@ def test_run_toy_base_writes_a_loadable_pipeline_and_reuses_it(tmp_path, capsys,
         run_toy_base(ToyBaseConfig(out=out, steps=3, clip_steps=1, batch_size=2, crop=16))
     # A folder made before the compression, width and weight options had them as the defaults are now.
     record = json.loads((out / "toy_base.json").read_text())
-    for key in ("spatial_compression", "temporal_compression", "vae_width", "subject_weight"):
+    for key in (
+        "spatial_compression",
+        "temporal_compression",
+        "vae_width",
+        "latent_channels",
+        "subject_weight",
+    ):
         del record[key]
     (out / "toy_base.json").write_text(json.dumps(record))
     run_toy_base(config)  # kept
@@ -233,7 +250,7 @@ def test_toy_base_makes_the_less_compressing_vae_and_its_dit(tmp_path, monkeypat
     monkeypatch.setattr(vae, "_STATS_CLIPS", 2)
     config = ToyBaseConfig(
         out=tmp_path / "base", steps=1, clip_steps=1, batch_size=2, crop=16,
-        spatial_compression=2, temporal_compression=2, vae_width=8, subject_weight=10.0,
+        spatial_compression=2, temporal_compression=2, vae_width=8, latent_channels=4, subject_weight=10.0,
     )  # fmt: skip
     assert [phase.frames for phase in vae.vae_phases(config)] == [
         5,
@@ -243,6 +260,8 @@ def test_toy_base_makes_the_less_compressing_vae_and_its_dit(tmp_path, monkeypat
     pipe = BindWeavePipeline.from_pretrained(config.out)
     assert (pipe.vae.config.scale_factor_spatial, pipe.vae.config.scale_factor_temporal) == (2, 2)
     assert pipe.vae.config.base_dim == 8 and tuple(pipe.transformer.config.patch_size) == (1, 4, 4)
+    assert pipe.vae.config.z_dim == 4 and len(pipe.vae.config.latents_std) == 4
+    assert (pipe.transformer.config.in_channels, pipe.transformer.config.out_channels) == (12, 4)
     assert json.loads((config.out / "toy_base.json").read_text())["subject_weight"] == 10.0
 
 

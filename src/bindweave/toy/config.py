@@ -41,6 +41,9 @@ class ToyBaseConfig:
         4, help="VAE temporal compression (<= the spatial one: Wan's blocks downsample space with time)"
     )
     vae_width: int = field(8, help="channels of the VAE's first level (doubled at each further level)")
+    latent_channels: int = field(
+        16, help="VAE latent channels (Wan's z_dim); the DiT's input and output follow (in 2 z + 4, out z)"
+    )
     subject_weight: float = field(
         0.0, help="extra loss weight on the sprites' pixels (0: plain mean; the background is most pixels)"
     )
@@ -53,9 +56,10 @@ class ToyBaseConfig:
                 f"--temporal-compression {self.temporal_compression} exceeds --spatial-compression "
                 f"{self.spatial_compression}: each Wan VAE level downsamples space, and time only with it"
             )
-        if self.vae_width < 1 or self.subject_weight < 0:
+        if self.vae_width < 1 or self.latent_channels < 1 or self.subject_weight < 0:
             raise ValueError(
-                f"--vae-width must be >= 1 and --subject-weight >= 0, got {self.vae_width}, {self.subject_weight}"
+                f"--vae-width and --latent-channels must be >= 1 and --subject-weight >= 0, got "
+                f"{self.vae_width}, {self.latent_channels}, {self.subject_weight}"
             )
 
 

@@ -5,9 +5,9 @@ Every component is the real class (umT5, CLIP vision, Wan VAE, BindWeave DiT, Qw
 - VAE: ``AutoencoderKLWan``, z_dim 16, with 4x spatial (not 8x) and the real 4x temporal compression, so
   a 64 x 64 frame is 16 x 16 latents and a 14-20 px sprite spans 4-5 latent pixels: 12 pixel values per
   latent value, which loses most of a sprite's look (``toy-eval``'s ``vae-recon``: fidelity 0.36).
-  ``toy base`` can make one that compresses 2x and 2x (1.5 values per latent value; README, "The toy
-  world"). It is the one component trained before the DiT (:mod:`bindweave.toy.vae`): a random VAE
-  decodes nothing.
+  ``toy base`` can make one that compresses 2x and 2x, with fewer latent channels (``z_dim`` 4: 6 pixel
+  values per latent value; README, "The toy world"). It is the one component trained before the DiT
+  (:mod:`bindweave.toy.vae`): a random VAE decodes nothing.
 - umT5 / CLIP / Qwen2.5-VL: the tiny random encoders of :mod:`bindweave.testing`, frozen, as the paper
   freezes them; their tokenizers are also trained on toy prompts (a 48-word toy prompt: 106 umT5
   pieces instead of 129).
@@ -17,7 +17,8 @@ Every component is the real class (umT5, CLIP vision, Wan VAE, BindWeave DiT, Qw
   demo prompt; before the norm they were about 0.02).
 - DiT: 4 blocks of width 128 (4 heads of 32), patches of 8 x 8 pixels (2 x 2 latents of the 4x VAE, 4 x 4
   of a 2x one, so the tokens per frame do not grow with the latents); trained with ``bindweave train``.
-  A token holds z x p x p noisy latent values (64 with the 4x VAE, 256 with the 2x one); on the 2x VAE
+  A token holds z x p x p noisy latent values (64 with the 4x VAE, 256 with a 2x one of 16 channels, 64
+  with 4 channels); the DiT's input and output channels follow the VAE's. On the 2x VAE of 16 channels
   the samples of DiTs trained so far stay grainy (README, "The toy world").
 """
 
@@ -60,8 +61,10 @@ def toy_vae(
     spatial_compression: int = 4,
     temporal_compression: int = 4,
     width: int = 8,
+    latent_channels: int = 16,
 ) -> AutoencoderKLWan:
-    """The toy Wan VAE (untrained); ``latents_mean`` / ``latents_std`` default to 0 / 1.
+    """The toy Wan VAE (untrained) of ``latent_channels`` (``z_dim``); ``latents_mean`` / ``latents_std``
+    default to 0 / 1.
 
     Each Wan encoder level but the last halves the frame, and halves time too where asked (frames then
     stay ``k * temporal_compression + 1``), so ``spatial_compression`` sets the levels.
@@ -75,20 +78,21 @@ def toy_vae(
         )
     return AutoencoderKLWan(
         base_dim=width,
-        z_dim=16,
+        z_dim=latent_channels,
         dim_mult=[1, 2, 4][: levels + 1],
         num_res_blocks=1,
         attn_scales=[],
         temperal_downsample=[i < time_levels for i in range(levels)],
-        latents_mean=latents_mean or [0.0] * 16,
-        latents_std=latents_std or [1.0] * 16,
+        latents_mean=latents_mean or [0.0] * latent_channels,
+        latents_std=latents_std or [1.0] * latent_channels,
         scale_factor_spatial=spatial_compression,
         scale_factor_temporal=temporal_compression,
     )
 
 
-def toy_transformer_kwargs(patch: int = 2) -> dict[str, Any]:
-    """The toy DiT: the tiny BindWeave config, 4 blocks of width 128, ``patch x patch`` latent patches."""
+def toy_transformer_kwargs(patch: int = 2, latent_channels: int = 16) -> dict[str, Any]:
+    """The toy DiT: the tiny BindWeave config, 4 blocks of width 128, ``patch x patch`` latent patches of a
+    VAE with ``latent_channels`` (input: noise + the condition's 4 mask and z latent channels)."""
     kwargs = tiny_transformer_kwargs()
     heads, head_dim = 4, 32
     kwargs.update(
@@ -98,6 +102,8 @@ def toy_transformer_kwargs(patch: int = 2) -> dict[str, Any]:
         ffn_dim=512,
         num_layers=4,
         patch_size=(1, patch, patch),
+        in_channels=2 * latent_channels + 4,
+        out_channels=latent_channels,
     )
     return kwargs
 
@@ -111,7 +117,8 @@ def toy_corpus(seed: int = 0) -> list[str]:
 def build_toy_pipeline(vae: AutoencoderKLWan, *, seed: int = 0):
     """The untrained toy ``BindWeavePipeline`` around a trained ``vae`` (float32, on CPU).
 
-    The DiT's patches cover 8 x 8 pixels whatever the VAE's spatial compression.
+    The DiT's patches cover 8 x 8 pixels whatever the VAE's spatial compression; its channels follow the
+    VAE's.
     """
     from bindweave.models import BindWeaveTransformer3DModel
     from bindweave.pipeline import BindWeavePipeline
@@ -128,7 +135,7 @@ def build_toy_pipeline(vae: AutoencoderKLWan, *, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = BindWeaveTransformer3DModel(
-            **toy_transformer_kwargs(8 // vae.config.scale_factor_spatial)
+            **toy_transformer_kwargs(8 // vae.config.scale_factor_spatial, vae.config.z_dim)
         )
     components = {**stock.components, "vae": vae.eval(), "transformer": transformer}
     defaults = {f"default_{k}": v for k, v in TOY_SIZE.items()}

@@ -65,6 +65,7 @@ _EARLIER_SETTINGS = {
     "spatial_compression": 4,
     "temporal_compression": 4,
     "vae_width": 8,
+    "latent_channels": 16,
     "subject_weight": 0.0,
 }
 
@@ -151,6 +152,7 @@ def initial_vae(config: ToyBaseConfig) -> AutoencoderKLWan:
             spatial_compression=config.spatial_compression,
             temporal_compression=config.temporal_compression,
             width=config.vae_width,
+            latent_channels=config.latent_channels,
         )
     for module in vae.modules():
         if isinstance(module, WanResidualBlock):
