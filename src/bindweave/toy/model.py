@@ -18,8 +18,8 @@ Every component is the real class (umT5, CLIP vision, Wan VAE, BindWeave DiT, Qw
 - DiT: 4 blocks of width 128 (4 heads of 32), patches of 8 x 8 pixels (2 x 2 latents of the 4x VAE, 4 x 4
   of a 2x one, so the tokens per frame do not grow with the latents); trained with ``bindweave train``.
   A token holds z x p x p noisy latent values (64 with the 4x VAE, 256 with a 2x one of 16 channels, 64
-  with 4 channels); the DiT's input and output channels follow the VAE's. On the 2x VAE of 16 channels
-  the samples of DiTs trained so far stay grainy (README, "The toy world").
+  with 4 channels); the DiT's input and output channels follow the VAE's. On either 2x VAE the samples
+  of DiTs trained so far (up to 3000 steps) stay grainy (README, "The toy world").
 """
 
 from __future__ import annotations
