@@ -56,6 +56,8 @@ def test_toy_vae_refuses_more_compression_in_time_than_in_space():
         toy_vae(spatial_compression=2, temporal_compression=4)
     with pytest.raises(ValueError, match="--temporal-compression 4 exceeds"):
         ToyBaseConfig(out="x", spatial_compression=2, temporal_compression=4).validate()
+    with pytest.raises(ValueError, match="--latent-channels must be >= 1 .* got 8, 0, 0.0"):
+        ToyBaseConfig(out="x", latent_channels=0).validate()
 
 
 def test_vae_batches_are_clips_and_reference_canvases():
@@ -163,7 +165,7 @@ def test_a_less_compressing_vae_gets_larger_dit_patches_and_the_same_tokens_per_
             hook.remove()
         assert frames.shape == (17, 64, 64, 3)
     # Latents (B, z, F, h, w): 9 frames of 32 x 32 against 5 of 16 x 16; 8 x 8 tokens of 8 x 8 pixels
-    # per frame in both.
+    # per frame in all three.
     assert lengths == {"2x": (1, 16, 9, 32, 32), "4x": (1, 16, 5, 16, 16), "2x z4": (1, 4, 9, 32, 32)}
 
 
