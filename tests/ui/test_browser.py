@@ -349,6 +349,8 @@ def test_two_sessions_never_run_the_model_at_once(browser, server, ref_paths, pr
 
 def test_an_example_fills_the_references_and_the_prompt_for_the_embedded_model(browser, tmp_path):
     with serving(PipelineLoader(ModelConfig(device="cpu")), tmp_path) as url, open_page(browser, url) as page:
+        # The examples render after #refs: counting them at once raced (seen failing once in CI).
+        page.wait_for_selector("#examples tr.tr-body")
         assert page.locator("#examples tr.tr-body").count() == 4
         page.locator("#examples tr.tr-body").nth(2).click()  # the three-subject scene
         page.wait_for_function("document.querySelectorAll('#preview img').length === 6")  # canvas + mask each
