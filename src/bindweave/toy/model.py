@@ -7,8 +7,8 @@ Every component is the real class (umT5, CLIP vision, Wan VAE, BindWeave DiT, Qw
   latent value, which loses most of a sprite's look (``toy-eval``'s ``vae-recon``: fidelity 0.36).
   ``toy base`` can make one that compresses 2x in space and 2x or not at all in time, with fewer latent
   channels (``z_dim`` 4: 6 pixel values per latent value); the 2x-in-space, 1x-in-time one keeps the
-  sprites (``vae-recon`` fidelity 0.91; README, "The toy world"). It is the one component trained before the DiT
-  (:mod:`bindweave.toy.vae`): a random VAE decodes nothing.
+  sprites (``vae-recon`` fidelity 0.91; README, "The toy world"). It is the one component trained before
+  the DiT (:mod:`bindweave.toy.vae`): a random VAE decodes nothing.
 - umT5 / CLIP / Qwen2.5-VL: the tiny random encoders of :mod:`bindweave.testing`, frozen, as the paper
   freezes them; their tokenizers are also trained on toy prompts (a 48-word toy prompt: 106 umT5
   pieces instead of 129).
