@@ -65,6 +65,7 @@ RECIPES = {
     "released_14b.yaml": ([1e-5], 5e-3, 1.0, 1e-8, "released", "released"),  # the released train_s2v.sh
     "lora_single_gpu.yaml": ([1e-4], 0.0, 1.0, 1e-8, "released", "released"),
     "toy.yaml": ([2e-3, 2e-4, 2e-3, 2e-4], 0.0, 1.0, 1e-8, "mild", "inference"),
+    "toy-long.yaml": ([1e-3, 2e-4], 0.0, 1.0, 1e-8, "mild", "inference"),
 }
 
 
