@@ -10,7 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from bindweave import cli
 from bindweave import config as cfg
@@ -153,6 +153,32 @@ def test_the_run_record_names_the_loras_and_sampler_and_refuses_others(model_dir
     assert f"--lora [{lora.resolve()}:0.5] -> [{lora.resolve()}:0.7]" in caplog.text
     assert cli.main([*args[:-2], "--lora", f"{lora}:0.5"]) == 1  # unipc instead of lightx2v
     assert "--sampler 'lightx2v' -> 'unipc'" in caplog.text
+
+
+def test_unknown_keys_refuse_a_lora_unless_skipped_and_the_run_record_names_them(
+    model_dir, inputs, tmp_path, caplog
+):
+    folder, _, _ = inputs
+    partial = tmp_path / "partial.safetensors"
+    extra = {
+        "diffusion_model.vace_blocks.0.after_proj.diff_b": torch.zeros(16),
+        "lora_te_text_model.alpha": torch.tensor(1.0),
+    }
+    save_file({**load_file(write_lora(tmp_path / "plain.safetensors")), **extra}, partial)
+    out = tmp_path / "videos"
+    args = ["run-manifest", "--model", str(model_dir), "--manifest", str(folder / "manifest.json"),
+            "--images-dir", str(folder), "--out", str(out), *SMALL, "--lora", str(partial)]  # fmt: skip
+    assert cli.main(args) == 1
+    assert f"LoRA {partial}: " in caplog.text and "lora_te_text_model.alpha" in caplog.text
+    assert not out.exists() or not list(out.glob("*.mp4"))
+    caplog.clear()
+    assert cli.main([*args, "--lora-skip-unknown-keys"]) == 0
+    assert all(key in caplog.text for key in extra)  # the warning names every skipped key
+    record = json.loads((out / "run_record.json").read_text())
+    assert record["lora_skipped_keys"] == {str(partial): sorted(extra)}
+    assert record["video_settings"]["lora_skip_unknown_keys"] is True
+    assert cli.main(args) == 1  # a rerun without the flag: other settings
+    assert "--lora-skip-unknown-keys True -> False" in caplog.text
 
 
 def test_video_settings_of_a_record_without_loras_compare_as_before():

@@ -169,3 +169,72 @@ def test_unipc_is_still_the_default(pipe, refs):
     )
     with pytest.raises(ValueError, match="unknown sampler"):
         run(pipe, refs, sampler="ddim")
+
+
+def _lightx2v_lcm_oracle(x, velocities, num_steps, generator, dtype):
+    """LightX2V's ``WanStepDistillScheduler.step_post`` of its LCM period (commit 6af1958 to 753a494, in
+    ``lightx2v/models/schedulers/wan/step_distill/scheduler.py``), as written there: its own sigma table
+    (``linspace(1, 0, 1001)[:-1]``, shifted by 5, indexed at ``1000 - step``), ``x0`` in float32, fresh
+    float32 noise from the run's generator on every step but the last, ``(1 - s') x0 + s' eps`` with Python
+    float sigmas, rounded once to the latents' dtype. Returns the latents after each step."""
+    table = torch.linspace(1.0, 0.0, 1001)[:-1]
+    table = 5.0 * table / (1 + 4.0 * table)
+    sigmas = table[[1000 - step for step in lightx2v_step_list_oracle(num_steps)]]
+    out = []
+    for i, v in enumerate(velocities):
+        x0 = x.to(torch.float32) - sigmas[i].item() * v.to(dtype).to(torch.float32)
+        if i < num_steps - 1:
+            s = sigmas[i + 1].item()
+            noise = torch.randn(x0.shape, dtype=torch.float32, generator=generator)
+            x0 = ((1 - s) * x0 + s * noise).type_as(noise)
+        x = x0.to(dtype)
+        out.append(x)
+    return out
+
+
+def lightx2v_step_list_oracle(n):
+    return [1000 * (n - i) // n for i in range(n)]  # LightX2V's [1000, 750, 500, 250] for 4
+
+
+@pytest.mark.parametrize("precision", ["float32", "released"])
+@pytest.mark.parametrize("steps", [2, 4])
+def test_lightx2v_lcm_matches_lightx2v_bit_for_bit(pipe, refs, precision, steps):
+    """The latents after each step, and the generator's state after the run, are LightX2V's: float32 noise
+    (also under ``--precision released``), none drawn after the last step."""
+    after = []
+    pipe.set_precision(precision)
+    try:
+        with Recorder(pipe.transformer) as rec:
+            run(pipe, refs, sampler="lightx2v-lcm", num_inference_steps=steps,
+                callback_on_step_end=lambda p, i, t, k: after.append(k["latents"].clone()) or {})  # fmt: skip
+    finally:
+        pipe.set_precision("float32")
+    dtype = torch.float32 if precision == "float32" else torch.bfloat16
+    generator = torch.Generator().manual_seed(0)
+    initial = torch.randn(after[0].shape, generator=generator, dtype=dtype)  # the pipeline's initial noise
+    assert torch.equal(rec.inputs[0].to(dtype), initial)
+    expected = _lightx2v_lcm_oracle(initial, rec.outputs, steps, generator, dtype)
+    assert len(after) == steps
+    for mine, theirs in zip(after, expected, strict=True):
+        assert mine.dtype == dtype and torch.equal(mine, theirs)
+    # One noise per step but the last: a generator that drew as LightX2V does is where the run's ended.
+    state = torch.Generator().manual_seed(0)
+    torch.randn(after[0].shape, generator=state, dtype=dtype)
+    for _ in range(steps - 1):
+        torch.randn(after[0].shape, generator=state, dtype=torch.float32)
+    mine_state = torch.Generator().manual_seed(0)
+    run_generator_state = _generator_after_run(pipe, refs, steps, precision)
+    assert torch.equal(run_generator_state, state.get_state()) and not torch.equal(
+        run_generator_state, mine_state.get_state()
+    )
+
+
+def _generator_after_run(pipe, refs, steps, precision):
+    generator = torch.Generator().manual_seed(0)
+    pipe.set_precision(precision)
+    try:
+        pipe("a red thing moves left", refs, **SIZE, generator=generator, output_type="latent",
+             sampler="lightx2v-lcm", num_inference_steps=steps)  # fmt: skip
+    finally:
+        pipe.set_precision("float32")
+    return generator.get_state()

@@ -101,13 +101,20 @@ def euler_step(sample: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma
 
 
 def lcm_step(
-    sample: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float, noise: torch.Tensor
+    sample: torch.Tensor,
+    velocity: torch.Tensor,
+    sigma: float,
+    sigma_next: float,
+    noise: torch.Tensor | None,
 ) -> torch.Tensor:
     """One consistency (LCM) step: the predicted ``x_0`` noised afresh to ``sigma_next`` with ``noise``.
 
-    ``(1 - s') x_0 + s' eps``; at ``sigma_next = 0`` it is ``x_0``. In float32, returned in the sample's dtype.
+    ``(1 - s') x_0 + s' eps``; the last step (``noise=None``) returns ``x_0``. All in float32 (LightX2V draws
+    ``eps`` in float32 too), rounded once to the sample's dtype.
     """
     x0 = predicted_sample(sample.float(), velocity.float(), sigma)
+    if noise is None:
+        return x0.to(sample.dtype)
     return add_noise(x0, noise.float(), torch.tensor(sigma_next)).to(sample.dtype)
 
 

@@ -104,7 +104,7 @@ def load_pipeline(config: ModelConfig):
     if config.loras:  # fused into the weights before the speed options (fp8, offloading) see them
         from .lora.apply import apply_loras
 
-        apply_loras(pipe, config.lora_specs())
+        apply_loras(pipe, config.lora_specs(), skip_unknown_keys=config.lora_skip_unknown_keys)
     apply_perf_config(pipe, config, device, distributed)
     return pipe
 
@@ -302,6 +302,14 @@ def _write_run_record(config: RunManifestConfig, pipe, seconds: dict[str, float]
         },
         "seconds_per_video": seconds,
     }
+    if config.loras:  # what --lora-skip-unknown-keys left out of each LoRA
+        from .lora.apply import lora_adapter_name
+
+        skipped = getattr(pipe, "lora_skipped_keys", {})
+        record["lora_skipped_keys"] = {
+            str(spec.path): skipped.get(lora_adapter_name(i), [])
+            for i, spec in enumerate(config.lora_specs())
+        }
     return atomic_write_json(path, record)
 
 

@@ -109,6 +109,12 @@ class ModelConfig(WeightsConfig, PerfConfig):
         "checkpoint; needs the 'train' extra (peft)",
     )
 
+    lora_skip_unknown_keys: bool = field(
+        False,
+        help="load the keys of each --lora that fit the DiT and skip the others, each named in a warning and in "
+        "the run record (default: a LoRA with a key that fits no parameter of the DiT is refused)",
+    )
+
     def lora_specs(self) -> list[LoraSpec]:
         """The ``--lora`` arguments, parsed."""
         return [LoraSpec.parse(text) for text in self.loras]

@@ -349,10 +349,11 @@ class BindWeavePipeline(DiffusionPipeline, BindWeaveLoraLoaderMixin, SpeedOption
                     latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                 elif kind.update == "euler":
                     latents = euler_step(latents, velocity, sigmas[i].item(), sigmas[i + 1].item())
-                else:  # lcm: fresh noise for the next sigma, drawn as the initial noise is
-                    noise = randn_tensor(
-                        latents.shape, generator=generator, device=device, dtype=self._sampling_dtype
-                    )
+                else:  # lcm: fresh float32 noise for the next sigma, none after the last step (LightX2V's)
+                    last = i == len(timesteps) - 1
+                    noise = None if last else randn_tensor(
+                        latents.shape, generator=generator, device=device, dtype=torch.float32
+                    )  # fmt: skip
                     latents = lcm_step(latents, velocity, sigmas[i].item(), sigmas[i + 1].item(), noise)
                 if callback_on_step_end is not None:
                     outputs = callback_on_step_end(self, i, t, {"latents": latents})

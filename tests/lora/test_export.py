@@ -132,3 +132,77 @@ def test_rslora_and_unsupported_configs(trained, tmp_path):
     assert tensors["diffusion_model.blocks.0.self_attn.q.alpha"].item() == pytest.approx(scale * RANK)
     with pytest.raises(LoraError, match="use_dora"):
         comfyui_lora_state_dict(adapter, {"r": RANK, "lora_alpha": ALPHA, "use_dora": True})
+
+
+TOP_LEVEL = ["proj_out", "time_embedder.linear_1", "time_embedder.linear_2", "text_embedder.linear_1",
+             "text_embedder.linear_2", "time_proj", "image_embedder.ff.net.0.proj", "image_embedder.ff.net.2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def biased(base, tmp_path_factory):
+    """A PEFT adapter over the blocks, every top-level layer kind and the connector, with ``lora_bias`` and
+    ``alpha != rank``, saved as ``save_lora_adapter`` (so ``bindweave train``) saves it."""
+    from peft import LoraConfig
+
+    transformer = copy.deepcopy(base.transformer)
+    transformer.add_adapter(
+        LoraConfig(r=RANK, lora_alpha=6.0, lora_bias=True, target_modules=TARGETS + TOP_LEVEL)
+    )
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.1)
+    folder = tmp_path_factory.mktemp("biased") / "lora"
+    transformer.save_lora_adapter(folder)
+    return transformer, folder
+
+
+def peft_merge(transformer) -> dict[str, torch.Tensor]:
+    merged = copy.deepcopy(transformer)
+    merged.fuse_lora()
+    merged.unload_lora()
+    return merged.state_dict()
+
+
+# PEFT takes the 1-D lora_B.bias of lora_bias adapters for an unsharded FSDP tensor when saving.
+@pytest.mark.filterwarnings("ignore:Adapter 'default'.*invalid shape")
+def test_an_export_of_every_layer_kind_with_lora_bias_fuses_to_peft_merge(base, biased, tmp_path, caplog):
+    """By ComfyUI's rule on the written tensors (W + alpha / rank * up @ down, bias + diff_b), and through
+    ``--lora``, the fused DiT is PEFT's own merge of the adapter."""
+    from bindweave.lora.apply import apply_loras
+    from bindweave.lora.config import LoraSpec
+    from bindweave.testing.comfyui import original_wan_name
+
+    transformer, folder = biased
+    with caplog.at_level("WARNING"):
+        out = export_lora(folder, tmp_path / "comfy.safetensors").path
+    assert "core ComfyUI has no BindWeave model" in caplog.text  # the adapter trains the connector
+    tensors = load_file(out)
+    assert {"diffusion_model.head.head.alpha", "diffusion_model.time_projection.1.diff_b",
+            "diffusion_model.img_emb.proj.3.lora_up.weight", "diffusion_model.text_embedding.2.diff_b"} <= set(tensors)  # fmt: skip
+    expected = peft_merge(transformer)
+    base_state = base.transformer.state_dict()
+    ours = {original_wan_name(n): n for n in base_state}
+    comfyui = dict(base_state)
+    for key, tensor in tensors.items():
+        layer, _, part = key.removeprefix("diffusion_model.").partition(".lora_up.")
+        if part:  # W + alpha / rank * up @ down
+            down = tensors[f"diffusion_model.{layer}.lora_down.weight"]
+            alpha = tensors[f"diffusion_model.{layer}.alpha"].item()
+            name = ours[f"{layer}.weight"]
+            comfyui[name] = comfyui[name] + alpha / down.shape[0] * (tensor @ down)
+        elif key.endswith(".diff_b"):
+            name = ours[key.removeprefix("diffusion_model.").removesuffix(".diff_b") + ".bias"]
+            comfyui[name] = comfyui[name] + tensor
+    pipe = with_transformer(base, copy.deepcopy(base.transformer))
+    apply_loras(pipe, [LoraSpec(out, 1.0)])
+    fused = pipe.transformer.state_dict()
+    changed = [k for k, v in expected.items() if not torch.equal(v, base_state[k])]
+    assert any(k.endswith(".bias") for k in changed) and "proj_out.weight" in changed
+    for key, value in expected.items():
+        if key in changed:
+            assert_close_to_float32_rounding(comfyui[key], value)
+            assert_close_to_float32_rounding(fused[key], value)
+        else:
+            assert torch.equal(fused[key], value) and torch.equal(comfyui[key], value), key

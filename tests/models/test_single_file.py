@@ -149,9 +149,40 @@ def test_a_quantisation_it_cannot_dequantise_is_named(model, tmp_path):
     tensors = load_file(path)
     record = json.dumps({"format": "nvfp4"}).encode()
     tensors["blocks.1.ffn.0.comfy_quant"] = torch.tensor(list(record), dtype=torch.uint8)
+    # As ComfyUI stores nvfp4: two 4-bit values a byte (half the input width), a block scale per 16 values.
+    out_features, in_features = tensors["blocks.1.ffn.0.weight"].shape
+    tensors["blocks.1.ffn.0.weight"] = torch.zeros(out_features, in_features // 2, dtype=torch.uint8)
+    tensors["blocks.1.ffn.0.weight_scale"] = torch.ones(out_features, in_features // 16)
     save_file(tensors, path)
-    with pytest.raises(CheckpointError, match=r"blocks\.1\.ffn\.0\.weight is stored as 'nvfp4'"):
-        BindWeaveTransformer3DModel.from_single_file(path, config=dict(model.config))
+    for config in (dict(model.config), None):  # with a config (the shape check) and without (the inference)
+        with pytest.raises(CheckpointError, match=r"blocks\.1\.ffn\.0\.weight is stored as 'nvfp4'"):
+            BindWeaveTransformer3DModel.from_single_file(path, config=config)
+
+
+@pytest.mark.parametrize(
+    ("scale_shape", "expected_axis"),
+    [((), None), ((16,), 0), ((16, 1), 0), ((1, 16), "refused"), ((4, 4), "refused")],
+)
+def test_a_scale_is_applied_along_the_axis_its_shape_names(model, tmp_path, scale_shape, expected_axis):
+    """A per-row scale ``(out,)`` / ``(out, 1)`` scales the rows; ``(1, out)`` on an ``out x out`` weight fits
+    the element count of a per-row scale but names the other axis, so it is refused, not guessed."""
+    path = tmp_path / "scaled.safetensors"
+    write_single_file(model.state_dict(), path, "fp8_scaled")
+    tensors = load_file(path)
+    name = "blocks.0.self_attn.q"  # 16 x 16 in the tiny DiT
+    scale = torch.linspace(0.5, 2.0, 16).reshape(scale_shape) if scale_shape else torch.tensor(0.25)
+    tensors[f"{name}.scale_weight"] = scale
+    save_file(tensors, path)
+    if expected_axis == "refused":
+        with pytest.raises(
+            CheckpointError, match=rf"{name}\.scale_weight has shape {list(scale_shape)}".replace("[", r"\[")
+        ):
+            BindWeaveTransformer3DModel.from_single_file(path, config=dict(model.config))
+        return
+    loaded = BindWeaveTransformer3DModel.from_single_file(path, config=dict(model.config))
+    stored = tensors[f"{name}.weight"].float()
+    expected = stored * (scale if expected_axis is None else scale.reshape(16, 1))
+    assert torch.equal(loaded.state_dict()["blocks.0.attn1.to_q.weight"], expected)
 
 
 def test_original_names_cover_the_whole_model(model):

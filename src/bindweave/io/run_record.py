@@ -9,7 +9,8 @@ videos refuses settings that differ from a record's (:func:`check_rerun`).
 Which settings count: everything that changes the video beyond floating-point noise. The weights
 (``model``, ``wan``, ``transformer``, ``mllm``) and the LoRAs fused into them with their scales (``loras``,
 in order), the dtype (resolved: ``auto`` means bfloat16 on CUDA, float32 on CPU), the sampling settings
-(sampler, size, frames, steps, guidance, seed, negative prompt), ``fps``
+(sampler, size, frames, steps, guidance, seed, negative prompt), whether a LoRA's unknown keys were
+skipped (``lora_skip_unknown_keys``; the record names the keys), ``fps``
 (it is written into the file and sets the playback speed that motion is judged at), ``precision``
 (float32 or the release's bf16 sampling) and the lossy speed options (fp8 weights, step caches and
 their parameters, VAE tiling, 8-bit ``sage`` attention). Not counted: the device itself, memory
@@ -60,6 +61,7 @@ _VALUE_SETTINGS = (
     "cache_threshold",
     "cache_interval",
     "precision",
+    "lora_skip_unknown_keys",
 )
 _LOSSY_ATTENTION = ("sage",)  # quantises Q and K to 8 bits; the other backends compute exact attention
 _RECORD_NAME = re.compile(r"run_record(?:\.rank[0-9]+)?\.json")

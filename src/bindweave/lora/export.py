@@ -5,8 +5,8 @@
 ComfyUI (its ``LoraLoaderModelOnly`` node) and the Wan tools read the original Wan names instead:
 ``diffusion_model.blocks.0.self_attn.q.lora_down.weight``, ``lora_up``, and a scalar ``alpha`` whose
 ``alpha / rank`` is the scale. This writes that, with BindWeave's connector as ``text_projection.0`` /
-``.2``, and checks that diffusers' own Wan conversion (what ``BindWeavePipeline.load_lora_weights`` runs)
-maps every written key back onto the layer it came from.
+``.2``, a PEFT ``lora_B.bias`` as ``diff_b``, and checks that the written keys read back (as ``--lora``
+reads them) onto every layer they came from.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from safetensors.torch import save_file
 
 from ..io.files import atomic_write
 from .config import ExportLoraConfig, resolve_lora_file
+from .formats import read_lora_contents
 from .keys import (
+    CONNECTOR_MODULES,
     ORIGINAL_PREFIX,
     LoraError,
     adapter_config,
-    lora_modules,
     original_module_name,
     read_lora_file,
 )
-from .loader import BindWeaveLoraLoaderMixin
 
 logger = logging.getLogger(__name__)
 
@@ -67,35 +67,60 @@ def comfyui_lora_state_dict(
 ) -> tuple[dict[str, torch.Tensor], float]:
     """The ComfyUI / original-Wan tensors of a diffusers / PEFT LoRA and its scale ``alpha / rank``.
 
+    Every layer keeps its own matrices, with ``alpha = scaling * rank`` (ComfyUI's and our reader both apply
+    ``alpha / rank * up @ down``, for block and top-level layers alike); a PEFT ``lora_B.bias`` is written as
+    ``diff_b = scaling * bias``, the bias change of PEFT's merge, which ComfyUI adds as it is.
+
     Args:
         stored: the LoRA's tensors as ``save_lora_adapter`` wrote them (with or without ``transformer.``).
         config: its PEFT config (``lora_alpha``, ``r``...), from the file's metadata.
         dtype: the dtype of the written matrices (default: as stored); ``alpha`` is always float32.
     """
-    converted = BindWeaveLoraLoaderMixin.lora_state_dict(stored)
-    modules = lora_modules(converted)
-    unnamed = sorted(m for m in modules if original_module_name(m) is None)
+    contents = read_lora_contents(stored)  # no config: the matrices as stored, scaling 1
+    if contents.unreadable or contents.deltas:
+        raise LoraError(
+            f"keys that are no PEFT LoRA layer: {', '.join((contents.unreadable or list(contents.deltas))[:5])}"
+        )
+    unnamed = sorted(m for m in contents.low_rank if original_module_name(m) is None)
     if unnamed:
         raise LoraError(f"layers without an original Wan name for ComfyUI: {', '.join(unnamed[:5])}")
+    cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
     out: dict[str, torch.Tensor] = {}
     scales = set()
-    for module, parts in modules.items():
+    for module, (down, up) in sorted(contents.low_rank.items()):
         target = ORIGINAL_PREFIX + original_module_name(module)
-        down, up = parts["lora_A.weight"], parts["lora_B.weight"]
         scale = _adapter_scale(config, down.shape[0])
         scales.add(scale)
-        cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
         out[f"{target}.lora_down.weight"] = cast(down).contiguous()
         out[f"{target}.lora_up.weight"] = cast(up).contiguous()
         out[f"{target}.alpha"] = torch.tensor(scale * down.shape[0], dtype=torch.float32)
-        if "lora_B.bias" in parts:
-            out[f"{target}.diff_b"] = cast(parts["lora_B.bias"]).contiguous()
-    # Read back as load_lora_weights will: the same layers, the same shapes. (On copies: diffusers' converter
-    # scales some of its input tensors in place.)
-    again = BindWeaveLoraLoaderMixin.lora_state_dict({k: v.clone() for k, v in out.items()})
-    if {k: tuple(v.shape) for k, v in again.items()} != {k: tuple(v.shape) for k, v in converted.items()}:
-        raise LoraError("diffusers' Wan conversion does not map the exported keys back onto the same layers")
+        if module in contents.biases:  # PEFT merges bias += scaling * lora_B.bias
+            out[f"{target}.diff_b"] = cast(contents.biases[module].float() * scale).contiguous()
+    _check_reimport(out, contents, config)
+    connector = sorted(m for m in contents.low_rank if m in CONNECTOR_MODULES.values())
+    if connector:
+        logger.warning(
+            "the LoRA trains the MLLM connector (%s): core ComfyUI has no BindWeave model and skips its "
+            "text_projection.* keys; ComfyUI-WanVideoWrapper's BindWeave loader applies them",
+            ", ".join(connector),
+        )
     return out, max(scales)
+
+
+def _check_reimport(out: dict[str, torch.Tensor], contents, config) -> None:
+    """The written keys, read back as ``--lora`` reads them, give every layer and bias change of the adapter."""
+    again = read_lora_contents({k: v.clone() for k, v in out.items()})
+    expected_deltas = {f"{m}.bias" for m in contents.biases}
+    if (
+        again.unreadable
+        or set(again.low_rank) != set(contents.low_rank)
+        or set(again.deltas) != expected_deltas
+    ):
+        raise LoraError("the exported keys do not read back onto the adapter's layers")
+    for module, (down, up) in contents.low_rank.items():
+        back_down, back_up = again.low_rank[module]
+        if back_down.shape != down.shape or back_up.shape != up.shape:
+            raise LoraError(f"the exported {module} reads back with other shapes")
 
 
 def export_lora(source: Path, out: Path, dtype: torch.dtype | None = None) -> ExportedLora:

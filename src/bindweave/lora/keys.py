@@ -1,22 +1,20 @@
 """LoRA files and their keys: what ``BindWeavePipeline.load_lora_weights`` reads, converts and checks.
 
-The formats are diffusers' for Wan (``WanLoraLoaderMixin``):
+:mod:`.formats` reads every Wan LoRA layout into diffusers names (:class:`~.formats.LoraContents`); this
+module turns that into the state dict ``load_lora_weights`` takes and checks it against the DiT:
 
-- diffusers / PEFT keys, ``transformer.blocks.0.attn1.to_q.lora_A.weight`` (``save_lora_weights``), or
-  without the ``transformer.`` prefix as ``save_lora_adapter`` (and so ``bindweave train``) writes them;
-- the original Wan / ComfyUI keys, ``diffusion_model.blocks.0.self_attn.q.lora_down.weight`` with
-  ``lora_up`` and a scalar ``alpha`` (also ``lora_A`` / ``lora_B``, ``diff_b`` biases): LightX2V's LoRAs,
-  and most LoRAs made for Wan2.1 in ComfyUI or musubi-tuner (``lora_unet_*``).
+- low-rank layers as PEFT keys, ``transformer.<layer>.lora_A.weight`` / ``lora_B.weight`` (``lora_B.bias``
+  for PEFT's ``lora_bias``), with the scale folded into ``lora_A`` (PEFT then loads them at scaling 1);
+- whole-tensor deltas (``diff``, ``diff_b``, ``diff_m``), which PEFT cannot hold, as
+  ``transformer.<parameter>.lora_diff``; :mod:`.deltas` adds them to the parameters.
 
-diffusers converts them (``_convert_non_diffusers_wan_lora_to_diffusers``, reached through
-``WanLoraLoaderMixin.lora_state_dict``). BindWeave adds one thing: its MLLM connector, called
-``text_projection.0`` / ``text_projection.2`` in ComfyUI (``nn.Sequential(Linear, GELU, Linear)``, as in
-ComfyUI-WanVideoWrapper's BindWeave loader), which diffusers' converter does not know; its keys are converted
-here, the same way (``alpha / rank`` folded into ``lora_down``).
+diffusers' own Wan conversion (``_convert_non_diffusers_wan_lora_to_diffusers``) is not used for the stored
+keys: it drops norm ``diff`` / ``diff_b``, ``diff_m``, ``patch_embedding.diff`` and every ``.diff`` of a
+full-diff file (logged at INFO at most), and refuses top-level ``alpha`` keys, attention-only musubi files,
+``head.head.diff`` without ``diff_b`` and ``k_img`` without ``v_img``, all of which ComfyUI or LightX2V load.
 
-diffusers silently skips keys that match no layer (a warning at best), so a LoRA for another model would
-change nothing. :func:`check_lora_keys` and :func:`check_lora_against_model` make that an error naming the
-first keys.
+A key that names no parameter of the DiT, or whose shape does not fit, is an error naming the first keys
+(:func:`match_lora_to_model`), or, when asked for, skipped and named (never silently).
 """
 
 from __future__ import annotations
@@ -24,37 +22,34 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 
+from .formats import CONNECTOR_MODULES, LoraContents, LoraError
+
 __all__ = [
     "CONNECTOR_MODULES",
+    "DELTA_PART",
     "LoraError",
     "adapter_config",
-    "check_lora_against_model",
-    "check_lora_keys",
-    "component_metadata",
-    "convert_lora_keys",
-    "lora_modules",
+    "lora_state_dict_of",
+    "match_lora_to_model",
     "original_module_name",
     "read_lora_file",
+    "split_state_dict",
 ]
 
 ORIGINAL_PREFIX = "diffusion_model."
 DIFFUSERS_PREFIX = "transformer."
-#: BindWeave's MLLM connector: its ComfyUI / original name -> ours.
-CONNECTOR_MODULES = {
-    "text_projection.0": "condition_embedder.text_projector.linear_1",
-    "text_projection.2": "condition_embedder.text_projector.linear_2",
-}
-#: The three tensors of a converted LoRA layer (``lora_B.bias`` from ``diff_b``).
-LORA_PARTS = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
+#: The key part of a whole-tensor delta in the converted state dict: ``transformer.<parameter>.lora_diff``
+#: (it must hold "lora": diffusers' ``load_lora_weights`` checks every key does).
+DELTA_PART = "lora_diff"
 _CONVERTED_KEY = re.compile(
-    r"^transformer\.(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias)$"
+    r"^transformer\.(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_diff)$"
 )
 _SHOWN = 5  # keys named in an error message
 
@@ -86,10 +81,6 @@ _BLOCK_ORIGINAL = {
     "ffn.net.2": "ffn.2",
 }
 _BLOCK_MODULE = re.compile(r"^blocks\.(?P<index>\d+)\.(?P<rest>.+)$")
-
-
-class LoraError(ValueError):
-    """A LoRA that cannot be applied to the BindWeave DiT; the message names its first offending keys."""
 
 
 def _first(keys: list[str]) -> str:
@@ -128,17 +119,6 @@ def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], di
     return state_dict, (json.loads(config) if config else None)
 
 
-def component_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A LoRA's PEFT config as ``load_lora_weights`` takes it: keyed ``transformer.<name>``.
-
-    diffusers' ``save_lora_weights`` (a pipeline) writes it so; ``save_lora_adapter`` (a model, and
-    ``bindweave train``) writes bare names, which diffusers would silently ignore (and load ``alpha = r``).
-    """
-    if not metadata or any(k.startswith(DIFFUSERS_PREFIX) for k in metadata):
-        return metadata
-    return {DIFFUSERS_PREFIX + k: v for k, v in metadata.items()}
-
-
 def adapter_config(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
     """A LoRA's PEFT config under bare names (``r``, ``lora_alpha``...), whichever way it was saved."""
     if not metadata:
@@ -153,131 +133,116 @@ def adapter_config(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------------- converting
 
 
-def _convert_connector(original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Pop the connector's original-format keys from ``original`` (``diffusion_model.`` stripped) and convert them.
-
-    As diffusers converts the DiT's: ``alpha / rank`` is folded into ``lora_A``, ``diff_b`` becomes
-    ``lora_B.bias``.
-    """
-    converted: dict[str, torch.Tensor] = {}
-    for theirs, ours in CONNECTOR_MODULES.items():
-        down = original.pop(f"{theirs}.lora_down.weight", None)
-        down = original.pop(f"{theirs}.lora_A.weight", down)
-        up = original.pop(f"{theirs}.lora_up.weight", None)
-        up = original.pop(f"{theirs}.lora_B.weight", up)
-        alpha = original.pop(f"{theirs}.alpha", None)
-        bias = original.pop(f"{theirs}.diff_b", None)
-        if (down is None) != (up is None):
-            raise LoraError(f"the connector layer {theirs} has only one of its two LoRA matrices")
-        target = DIFFUSERS_PREFIX + ours
-        if down is not None:
-            scale = 1.0 if alpha is None else alpha.item() / down.shape[0]
-            converted[f"{target}.lora_A.weight"] = down * scale if scale != 1.0 else down
-            converted[f"{target}.lora_B.weight"] = up
-        if bias is not None:
-            converted[f"{target}.lora_B.bias"] = bias
-    unknown = sorted(k for k in original if k.startswith("text_projection."))
-    if unknown:
-        raise LoraError(f"connector keys that are no LoRA layer of it: {_first(unknown)}")
-    return converted
-
-
-def _looks_like_unprefixed_peft(keys: list[str]) -> bool:
-    """``save_lora_adapter``'s keys: PEFT names without the ``transformer.`` prefix diffusers filters on."""
-    return bool(keys) and all(
-        not k.startswith((DIFFUSERS_PREFIX, ORIGINAL_PREFIX, "lora_unet_"))
-        and (".lora_A." in k or ".lora_B." in k)
-        for k in keys
-    )
-
-
-def convert_lora_keys(
-    state_dict: Mapping[str, torch.Tensor],
-    convert_wan: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
-) -> dict[str, torch.Tensor]:
-    """A LoRA's keys in diffusers' converted form (``transformer.<layer>.lora_A.weight``), checked.
-
-    Args:
-        state_dict: the LoRA's tensors as stored.
-        convert_wan: diffusers' conversion for Wan, ``WanLoraLoaderMixin.lora_state_dict`` on a dict.
+def lora_state_dict_of(contents: LoraContents) -> dict[str, torch.Tensor]:
+    """The state dict ``load_lora_weights`` takes: PEFT keys for the low-rank layers, ``lora_diff`` for deltas.
 
     Raises:
-        LoraError: the LoRA has keys diffusers cannot convert, or keys that are no LoRA layer after it.
+        LoraError: the file holds keys no Wan layer reads (named), or nothing at all.
     """
-    state_dict = dict(state_dict)
-    keys = sorted(state_dict)
-    if not keys:
-        raise LoraError("it holds no tensors")
-    converted: dict[str, torch.Tensor] = {}
-    if any(k.startswith(ORIGINAL_PREFIX) for k in keys):
-        # The connector is BindWeave's: take its keys out before diffusers converts the Wan ones.
-        original = {k.removeprefix(ORIGINAL_PREFIX): v for k, v in state_dict.items()}
-        converted = _convert_connector(original)
-        state_dict = {ORIGINAL_PREFIX + k: v for k, v in original.items()}
-    elif _looks_like_unprefixed_peft(keys):
-        state_dict = {DIFFUSERS_PREFIX + k: v for k, v in state_dict.items()}
-    if state_dict:
-        try:
-            converted.update(convert_wan(state_dict))
-        except (ValueError, KeyError, IndexError, AttributeError, RuntimeError) as err:
-            raise LoraError(
-                f"diffusers cannot convert it as a Wan LoRA ({type(err).__name__}: {err}); its keys: {_first(keys)}"
-            ) from err
-    check_lora_keys(converted, keys)
-    return converted
-
-
-def check_lora_keys(converted: Mapping[str, torch.Tensor], stored_keys: list[str] | None = None) -> None:
-    """Every converted key is ``transformer.<layer>.lora_A.weight`` / ``lora_B.weight`` / ``lora_B.bias``.
-
-    Raises:
-        LoraError: naming the first keys that are not (with the stored keys when nothing converted).
-    """
-    if not converted:
+    if contents.unreadable:
         raise LoraError(
-            f"no key converts to a LoRA layer of the Wan DiT; its keys: {_first(stored_keys or [])}"
+            f"{len(contents.unreadable)} keys are no LoRA part of a Wan DiT layer (lora_down / lora_up / "
+            f"lora_A / lora_B / alpha / diff / diff_b / diff_m): {_first(contents.unreadable)}"
         )
-    bad = sorted(k for k in converted if not _CONVERTED_KEY.match(k))
+    converted: dict[str, torch.Tensor] = {}
+    for module, (down, up) in contents.low_rank.items():
+        converted[f"{DIFFUSERS_PREFIX}{module}.lora_A.weight"] = down
+        converted[f"{DIFFUSERS_PREFIX}{module}.lora_B.weight"] = up
+        if module in contents.biases:
+            converted[f"{DIFFUSERS_PREFIX}{module}.lora_B.bias"] = contents.biases[module]
+    for parameter, delta in contents.deltas.items():
+        converted[f"{DIFFUSERS_PREFIX}{parameter}.{DELTA_PART}"] = delta
+    if not converted:
+        raise LoraError("it holds no LoRA tensors")
+    return converted
+
+
+def split_state_dict(
+    converted: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(PEFT keys, {parameter: delta})`` of a converted state dict.
+
+    Raises:
+        LoraError: naming the keys that are neither (e.g. an unconverted key passed in a dict).
+    """
+    peft: dict[str, torch.Tensor] = {}
+    deltas: dict[str, torch.Tensor] = {}
+    bad = []
+    for key, tensor in converted.items():
+        match = _CONVERTED_KEY.match(key)
+        if match is None:
+            bad.append(key)
+        elif match["part"] == DELTA_PART:
+            deltas[match["module"]] = tensor
+        else:
+            peft[key] = tensor
     if bad:
         raise LoraError(
-            f"{len(bad)} of its {len(converted)} keys are not LoRA weights of a Wan DiT layer "
-            f"(transformer.<layer>.lora_A / lora_B): {_first(bad)}"
+            f"{len(bad)} of its {len(converted)} keys are not converted LoRA keys "
+            f"(transformer.<layer>.lora_A / lora_B / lora_diff): {_first(sorted(bad))}"
         )
+    return peft, deltas
 
 
-def lora_modules(converted: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Converted keys grouped by layer: ``{"blocks.0.attn1.to_q": {"lora_A.weight": A, ...}}``."""
+def _parameter_shapes(transformer: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """The DiT's parameter shapes by name, PEFT's ``base_layer`` taken out (a layer that holds adapters)."""
+    return {name.replace(".base_layer.", "."): tuple(p.shape) for name, p in transformer.named_parameters()
+            if ".lora_" not in name}  # fmt: skip
+
+
+def match_lora_to_model(
+    converted: Mapping[str, torch.Tensor],
+    transformer: torch.nn.Module,
+    skip_unknown: bool = False,
+    sources: Mapping[str, list[str]] | None = None,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Check every LoRA layer and delta against ``transformer``; returns the state dict to load and the keys
+    skipped (only with ``skip_unknown``).
+
+    A low-rank layer must name a linear layer with its shapes (``A (r, in)``, ``B (out, r)``, ``bias (out,)``),
+    a delta a parameter of its shape.
+
+    Args:
+        sources: ``{layer or parameter: the stored keys it came from}``, so errors name the file's keys.
+
+    Raises:
+        LoraError: naming the first keys that match nothing, and the first whose shapes differ (unless
+            ``skip_unknown``).
+    """
+    sources = sources or {}
+
+    def stored(module: str, part: str | None = None) -> list[str]:
+        return sources.get(module) or [f"{DIFFUSERS_PREFIX}{module}" + (f".{part}" if part else "")]
+
+    layers = dict(transformer.named_modules())
+    shapes = _parameter_shapes(transformer)
+    unknown, mismatched, skipped_modules = [], [], set()
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in converted.items():
         match = _CONVERTED_KEY.match(key)
         if match is None:
             raise LoraError(f"not a converted LoRA key: {key}")
         modules.setdefault(match["module"], {})[match["part"]] = tensor
-    return modules
-
-
-# ---------------------------------------------------------------------------------------------- checking
-
-
-def check_lora_against_model(converted: Mapping[str, torch.Tensor], transformer: torch.nn.Module) -> None:
-    """Every LoRA layer names a linear layer of ``transformer`` and has its shapes: ``A (r, in)``, ``B (out, r)``.
-
-    Raises:
-        LoraError: naming the first keys that match no layer, and the first whose shapes differ.
-    """
-    layers = dict(transformer.named_modules())
-    unknown, mismatched, incomplete = [], [], []
-    for module, parts in sorted(lora_modules(converted).items()):
+    for module, parts in sorted(modules.items()):
+        if DELTA_PART in parts:
+            delta = parts[DELTA_PART]
+            if module not in shapes:
+                unknown += stored(module, DELTA_PART)
+            elif tuple(delta.shape) != shapes[module]:
+                mismatched.append(
+                    f"{stored(module)[0]}: LoRA {list(delta.shape)} vs DiT {list(shapes[module])}"
+                )
+            else:
+                continue
+            skipped_modules.add(module)
+            continue
         layer = layers.get(module)
         layer = getattr(layer, "base_layer", layer)  # a layer that holds adapters already (PEFT)
         if not isinstance(layer, torch.nn.Linear):
-            unknown += [f"{DIFFUSERS_PREFIX}{module}.{part}" for part in parts]
+            unknown += stored(module)
+            skipped_modules.add(module)
             continue
-        down, up = parts.get("lora_A.weight"), parts.get("lora_B.weight")
-        if down is None or up is None:
-            incomplete.append(module)
-            continue
-        rank = down.shape[0]
+        rank = parts["lora_A.weight"].shape[0]
         expected = {
             "lora_A.weight": (rank, layer.in_features),
             "lora_B.weight": (layer.out_features, rank),
@@ -286,16 +251,17 @@ def check_lora_against_model(converted: Mapping[str, torch.Tensor], transformer:
         for part, tensor in parts.items():
             if tuple(tensor.shape) != expected[part]:
                 mismatched.append(
-                    f"{DIFFUSERS_PREFIX}{module}.{part}: LoRA {list(tensor.shape)} vs DiT {list(expected[part])}"
+                    f"{module}.{part} (from {stored(module)[0]}): LoRA {list(tensor.shape)} vs DiT "
+                    f"{list(expected[part])}"
                 )
+                skipped_modules.add(module)
     problems = []
     if unknown:
-        problems.append(
-            f"{len(unknown)} of its {len(converted)} keys match no linear layer of the DiT: {_first(unknown)}"
-        )
+        problems.append(f"{len(unknown)} keys match no parameter of the DiT: {_first(sorted(unknown))}")
     if mismatched:
         problems.append(f"{len(mismatched)} shapes differ from the DiT's: {_first(mismatched)}")
-    if incomplete:
-        problems.append(f"layers with lora_A or lora_B missing: {_first(incomplete)}")
-    if problems:
+    if problems and not skip_unknown:
         raise LoraError("; ".join(problems))
+    kept = {k: v for k, v in converted.items() if _CONVERTED_KEY.match(k)["module"] not in skipped_modules}
+    skipped = sorted(k for k in converted if k not in kept)
+    return kept, skipped

@@ -79,6 +79,15 @@ class _SingleFile:
             raise CheckpointError(
                 f"{path} holds {', '.join(other_models)}: a Wan-Animate / VACE model, not a Wan2.1-I2V DiT"
             )
+        # Refused before any shape is compared: a packed format (nvfp4: two values a byte) has other shapes.
+        unreadable = sorted((layer, form) for layer, form in self.formats.items() if form not in _FP8_FORMATS)
+        if unreadable:
+            layer, form = unreadable[0]
+            raise CheckpointError(
+                f"{path}: {layer}.weight is stored as {form!r} ({len(unreadable)} layers in formats other than "
+                "float8); only float8 (e4m3fn, e5m2) weights can be dequantised here: use the file's bf16 / "
+                "fp16 / fp8_scaled version"
+            )
         original = {self._connector(n): n for n in names}
         # diffusers' renaming, run on the names alone: {diffusers name: original name}.
         self.names = convert_wan_transformer_to_diffusers({k: n for k, n in original.items()})
@@ -111,12 +120,6 @@ class _SingleFile:
         tensor = self.handle.get_tensor(self.stored[name])
         layer = name.removesuffix(".weight")
         scale_name = next((layer + s for s in _SCALE_SUFFIXES if layer + s in self.stored), None)
-        form = self.formats.get(layer)
-        if form is not None and form not in _FP8_FORMATS:
-            raise CheckpointError(
-                f"{self.path}: {name} is stored as {form!r}; only float8 (e4m3fn, e5m2) weights can be "
-                "dequantised here: use the file's bf16 / fp16 / fp8_scaled version"
-            )
         if scale_name is not None and tensor.dtype not in FP8_DTYPES:
             raise CheckpointError(
                 f"{self.path}: {name} is {tensor.dtype} with a scale ({scale_name}); only float8 weights with "
@@ -125,16 +128,23 @@ class _SingleFile:
         if tensor.dtype in FP8_DTYPES:
             tensor = tensor.float()
             if scale_name is not None:
-                scale = self.handle.get_tensor(self.stored[scale_name]).float()
-                if scale.numel() == tensor.shape[0] and scale.numel() > 1:  # one scale per output row
-                    scale = scale.reshape(-1, *([1] * (tensor.ndim - 1)))
-                elif scale.numel() != 1:
-                    raise CheckpointError(
-                        f"{self.path}: {scale_name} has shape {list(scale.shape)}: only per-tensor or per-row "
-                        f"scales of {name} {list(tensor.shape)} can be dequantised"
-                    )
-                tensor = tensor * scale
+                tensor = tensor * self._scale(scale_name, name, tensor.shape)
         return tensor.to(dtype)
+
+    def _scale(self, scale_name: str, name: str, shape: torch.Size) -> torch.Tensor:
+        """The dequantisation scale, shaped to broadcast along the axis its own shape names: one value
+        (per tensor), or ``(out,)`` / ``(out, 1, ...)`` (per output row). A scale along another axis (e.g.
+        ``(1, out)``) is refused, never guessed from its element count."""
+        scale = self.handle.get_tensor(self.stored[scale_name]).float()
+        rows = shape[0]
+        if scale.numel() == 1:
+            return scale.reshape(())
+        if scale.ndim >= 1 and scale.shape[0] == rows and all(n == 1 for n in scale.shape[1:]):
+            return scale.reshape(rows, *([1] * (len(shape) - 1)))
+        raise CheckpointError(
+            f"{self.path}: {scale_name} has shape {list(scale.shape)}: only per-tensor scales or per-row scales "
+            f"([{rows}] or [{rows}, 1]) of {name} {list(shape)} can be dequantised"
+        )
 
 
 def single_file_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
