@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= outputs
 
-.PHONY: install demo test lint clean toy-model
+.PHONY: install demo test lint clean toy-model toy-long
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ toy-model: $(STAMP)
 	$(BIN)/bindweave train configs/toy.yaml
 	$(BIN)/bindweave toy export $(TOY)/train --out $(TOY)/model
 	$(BIN)/bindweave toy-eval --model $(TOY)/model --out $(TOY)/eval --num-samples 16 --steps 15
+
+# One part of the toy model's long run (configs/toy-long.yaml): resumes from runs/toy-long on one torch thread.
+toy-long: $(STAMP)
+	BIN=$(BIN) scripts/toy-long.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .tmp
