@@ -83,6 +83,7 @@ class LoraDeltas:
             adapter.fused = False
 
     def delete(self, names: Iterable[str]) -> None:
+        names = list(names)
         for name in names:
             if name in self.adapters:
                 self.adapters[name].target = 0.0
