@@ -96,7 +96,7 @@ def comfyui_lora_state_dict(
         out[f"{target}.alpha"] = torch.tensor(scale * down.shape[0], dtype=torch.float32)
         if module in contents.biases:  # PEFT merges bias += scaling * lora_B.bias
             out[f"{target}.diff_b"] = cast(contents.biases[module].float() * scale).contiguous()
-    _check_reimport(out, contents, config)
+    _check_reimport(out, contents)
     connector = sorted(m for m in contents.low_rank if m in CONNECTOR_MODULES.values())
     if connector:
         logger.warning(
@@ -107,7 +107,7 @@ def comfyui_lora_state_dict(
     return out, max(scales)
 
 
-def _check_reimport(out: dict[str, torch.Tensor], contents, config) -> None:
+def _check_reimport(out: dict[str, torch.Tensor], contents) -> None:
     """The written keys, read back as ``--lora`` reads them, give every layer and bias change of the adapter."""
     again = read_lora_contents({k: v.clone() for k, v in out.items()})
     expected_deltas = {f"{m}.bias" for m in contents.biases}

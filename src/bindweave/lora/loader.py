@@ -172,15 +172,15 @@ class BindWeaveLoraLoaderMixin(WanLoraLoaderMixin):
         else:
             weights = [adapter_weights] * len(names)
         peft = self._peft_adapters()
+        deltas = lora_deltas(self.transformer)
+        unknown = [n for n in names if n not in peft and (deltas is None or n not in deltas.adapters)]
+        if unknown:  # checked before anything is switched
+            raise ValueError(f"no adapter named {', '.join(unknown)} is loaded")
         if peft:
             chosen = [(n, w) for n, w in zip(names, weights, strict=True) if n in peft]
             if not chosen:  # PEFT has no "none": every PEFT adapter at weight 0
                 chosen = [(n, 0.0) for n in peft]
             super().set_adapters([n for n, _ in chosen], [w for _, w in chosen])
-        deltas = lora_deltas(self.transformer)
-        unknown = [n for n in names if n not in peft and (deltas is None or n not in deltas.adapters)]
-        if unknown:
-            raise ValueError(f"no adapter named {', '.join(unknown)} is loaded")
         if deltas is not None:
             deltas.set_weights(names, weights)
 
