@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= outputs
 
-.PHONY: install demo test lint clean toy-model toy-long
+.PHONY: install demo test lint clean toy-model toy-long toy-land gpu-wheels gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,22 @@ toy-model: $(STAMP)
 # One part of the toy model's long run (configs/toy-long.yaml): resumes from runs/toy-long on one torch thread.
 toy-long: $(STAMP)
 	BIN=$(BIN) scripts/toy-long.sh
+
+# The end of a part: ship the long run's newest checkpoint if it beats the shipped model (fidelity and direction
+# accuracy, each beyond a standard error of the paired difference on 16 held-out scenes); runs/toy-long/land.
+toy-land: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/bindweave toy land runs/toy-long/train --out runs/toy-long/land
+
+# The GPU check (docs/performance.md, "Checking a GPU node"). gpu-wheels runs where the package registries are:
+# it downloads the wheels an offline CUDA node lacks (diffusers, av, ftfy, wcwidth: ~42 MiB, CPython 3.12,
+# x86-64). gpu-check runs on the node with its own python3 and PyTorch, the project from this source tree.
+GPU_WHEELS ?= wheels/gpu
+GPU_CHECK_OUT ?= gpu-check
+gpu-wheels:
+	PYTHONPATH=src $(PYTHON) -m bindweave.gpu_check.wheels --dest $(GPU_WHEELS)
+
+gpu-check:
+	PYTHONPATH=src $(PYTHON) -m bindweave gpu-check --out $(GPU_CHECK_OUT) --wheels $(GPU_WHEELS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .tmp

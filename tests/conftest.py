@@ -28,17 +28,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
-def _cuda_available() -> bool:
+def _gpu_tests_can_run() -> bool:
+    """CUDA is present, or ``BINDWEAVE_GPU_TEST_DEVICE=cpu`` asks for the gpu tests on the CPU."""
     import torch  # only imported when a gpu-marked test was collected
 
-    return torch.cuda.is_available()
+    from bindweave.testing.devices import gpu_test_device
+
+    return gpu_test_device().type == "cpu" or torch.cuda.is_available()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run_slow = config.getoption("--runslow")
     skip_slow = pytest.mark.skip(reason="needs --runslow")
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
-    if gpu_items and not _cuda_available():
+    if gpu_items and not _gpu_tests_can_run():
         skip_gpu = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
         for item in gpu_items:
             item.add_marker(skip_gpu)
@@ -79,6 +82,14 @@ def tiny_model_dir(tiny_release, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return build_tiny_random_pipeline(
         tmp_path_factory.mktemp("tiny-model") / "pipeline", release=tiny_release
     )
+
+
+@pytest.fixture(scope="session")
+def gpu_device():
+    """Where ``gpu``-marked tests run: CUDA, or the CPU under ``BINDWEAVE_GPU_TEST_DEVICE=cpu``."""
+    from bindweave.testing.devices import gpu_test_device
+
+    return gpu_test_device()
 
 
 @pytest.fixture(scope="session")

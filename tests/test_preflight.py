@@ -16,6 +16,7 @@ from bindweave import cli
 from bindweave.conditioning.mllm import MLLMStateError
 from bindweave.default_model import default_model_path
 from bindweave.preflight import SavedModel, check_mllm_states_file, resolve_device, saved_model
+from bindweave.testing.devices import skip_unless_cuda
 
 SMALL = ["--height", "32", "--width", "48", "--num-frames", "5", "--steps", "1"]
 
@@ -86,7 +87,8 @@ def test_resolve_device_refuses_cuda_without_a_gpu():
 
 
 @pytest.mark.gpu
-def test_resolve_device_refuses_a_gpu_index_beyond_the_visible_ones():
+def test_resolve_device_refuses_a_gpu_index_beyond_the_visible_ones(gpu_device):
+    skip_unless_cuda(gpu_device, "CUDA device indices")
     count = torch.cuda.device_count()
     assert resolve_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(ValueError, match=f"only {count} CUDA device"):

@@ -115,6 +115,12 @@ COMMANDS = [
         "bindweave.perf.bench:run_bench",
     ),
     Command(
+        "gpu-check",
+        "on a CUDA node: run every gpu test, time the 14B DiT against stock Wan, peak memory per mode",
+        "bindweave.gpu_check.config:GpuCheckConfig",
+        "bindweave.gpu_check.run:run_gpu_check",
+    ),
+    Command(
         "ui",
         "serve the subject-to-video web app on 127.0.0.1 (needs the 'ui' extra)",
         "bindweave.ui.launch:UIConfig",
@@ -137,6 +143,12 @@ COMMANDS = [
         "copy a training checkpoint to a self-contained pipeline folder",
         "bindweave.toy.export:ToyExportConfig",
         "bindweave.toy.export:run_toy_export",
+    ),
+    Command(
+        "toy land",
+        "ship a training run's newest checkpoint if it beats the shipped toy model on held-out scenes",
+        "bindweave.toy.land:ToyLandConfig",
+        "bindweave.toy.land:run_toy_land",
     ),
     Command(
         "toy-eval",

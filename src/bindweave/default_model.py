@@ -4,7 +4,7 @@ The default is the toy BindWeave (:mod:`bindweave.toy`), shipped inside the pack
 ``BindWeavePipeline`` folder of 5.9 MB: a small BindWeave trained by ``make toy-model`` on the procedural
 toy world, at 64 x 64 x 17, sampled unguided (``default_guidance_scale`` 1.0). Within the toy world only,
 it draws the background the prompt names and sprite-like blobs; it does not yet reproduce its references'
-look or their motion (the README's toy-world table). The demo's prompt and references are a scene of the
+look or their motion (docs/toy-world.md's results table). The demo's prompt and references are a scene of the
 toy world's ``demo`` split, which training never sees.
 """
 

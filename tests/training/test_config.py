@@ -148,6 +148,10 @@ def test_json_configs_load_too(tmp_path):
             "exactly one of 'manifest'",
         ),
         (MINIMAL + "data: {num_frames: 80}\n", "data.num_frames: must be 4k + 1"),
+        (
+            MINIMAL + "trainable: lora\ndistributed: {shard_single_process: true}\n",
+            "distributed.shard_single_process: LoRA runs unsharded",
+        ),
     ],
 )
 def test_mistakes_name_the_file_and_key(tmp_path, text, expected):

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import safetensors.torch
 import torch
 
@@ -166,6 +167,27 @@ def test_lora_trains_and_saves_only_the_adapters(tiny_cache, tiny_pipeline_dir, 
     before = generate()
     pipe.transformer.load_lora_adapter(checkpoint / "lora", weight_name=LORA_WEIGHTS, prefix=None)
     assert not torch.allclose(generate(), before)
+
+
+@pytest.mark.parametrize(
+    ("trainable", "weights"), [("lora", f"lora/{LORA_WEIGHTS}"), ("connector", f"transformer/{WEIGHTS}")]
+)
+def test_a_run_with_frozen_weights_resumes_exactly(
+    trainable, weights, tiny_cache, tiny_pipeline_dir, tmp_path
+):
+    """4 steps straight == 2, stop, resume, 2: a resume loads only the trainable weights (the frozen ones
+    are not in the training state, which a strict load used to refuse)."""
+    common = {"trainable": trainable, "lora": {"rank": 4, "alpha": 4}}
+    common["stages"] = [{"name": "main", "steps": 4, "cache": str(tiny_cache), "lr": 1e-2}]
+    straight = run_train(build_config(cached_config(tmp_path / "a", tiny_pipeline_dir, tiny_cache, **common)))
+    split = cached_config(tmp_path / "b", tiny_pipeline_dir, tiny_cache, **common)
+    first = run_train(build_config({**split, "stop_after_steps": 2}))
+    second = run_train(build_config(split))
+
+    assert first.stopped_early and second.step == 4
+    assert straight.losses == first.losses + second.losses
+    a, b = (safetensors.torch.load_file(s.checkpoints[-1] / weights) for s in (straight, second))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_connector_only_training_changes_only_the_connector(tiny_cache, tiny_pipeline_dir, tmp_path):

@@ -22,20 +22,13 @@ import contextlib
 import platform
 import resource
 import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import WanTransformer3DModel
-from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
-from ..conditioning.latents import latent_frame_count
-from ..denoiser import Conditioning, guided_velocity
 from ..generate import resolve_device, resolve_dtype
 from ..models import BindWeaveTransformer3DModel
 from ..pipeline import BindWeavePipeline
@@ -43,9 +36,16 @@ from ..testing import build_tiny_release, tiny_transformer_kwargs
 from .bench_config import DEFAULT_VIDEO, BenchConfig, BenchSize
 from .config import apply_perf_config
 from .cross_attention import context_kv_cache, install_fast_cross_attention
-from .flops import DiTWorkload, dit_forward_flops
+from .dit_timing import (
+    DiTInputs,
+    dit_inputs,
+    dit_step,
+    random_transformer,
+    stock_forward,
+    stock_wan_sharing_weights,
+    time_calls,
+)
 from .memory import enable_fp8_weights
-from .parallel import sequence_length
 from .peak import KNOWN_PEAK_TFLOPS, resolve_peak_tflops
 from .speed import compile_blocks, set_attention_backend
 
@@ -55,14 +55,15 @@ __all__ = [
     "BenchConfig",
     "BenchResult",
     "BenchSize",
+    "random_transformer",
     "resolve_peak_tflops",
     "run_bench",
+    "stock_wan_sharing_weights",
 ]
 
 MEDIUM_DIT = dict(
     num_attention_heads=8, attention_head_dim=128, ffn_dim=4096, num_layers=4, added_kv_proj_dim=1024
 )
-NEGATIVE_EXTRA_TOKENS = 6  # the release's negative MLLM prompt has the motion suffix appended: 526 vs 532
 
 
 @dataclass(frozen=True)
@@ -122,14 +123,27 @@ def run_bench(config: BenchConfig) -> BenchResult:
 
     with tempfile.TemporaryDirectory() as tmp:
         pipe, transformer = _build(config, device, dtype, Path(tmp))
-        inputs = _dit_inputs(transformer, config, height, width, num_frames, device)
+        inputs = dit_inputs(
+            transformer,
+            height,
+            width,
+            num_frames,
+            device,
+            mllm_tokens=config.mllm_tokens,
+            cfg=config.guidance != 1.0,
+            seed=config.seed,
+        )
         # Stock first, on the untouched weights (fp8 casting would change them in place).
         stock = _time_stock(transformer, inputs, config, device) if config.compare_stock else None
         _apply_options(pipe, transformer, config, device)
         # One sampling run's worth of reuse: the warm-up step projects the contexts, the timed steps reuse them.
         reuse = context_kv_cache(transformer) if config.context_kv_cache else contextlib.nullcontext()
         with reuse:
-            step_seconds = _time_steps(lambda: _dit_step(transformer, inputs, config), config.repeats, device)
+            step_seconds = time_calls(
+                lambda: dit_step(transformer, inputs, config.guidance, config.batch_cfg),
+                config.repeats,
+                device,
+            )
         end_to_end = _time_end_to_end(pipe, inputs, config, (height, width, num_frames), device)
 
     flops = inputs.flops_per_step
@@ -186,96 +200,14 @@ def _build(config: BenchConfig, device: torch.device, dtype: torch.dtype, tmp: P
     return pipe, transformer
 
 
-def random_transformer(config: dict[str, Any], device: torch.device, dtype: torch.dtype):
-    """A BindWeave DiT of ``config`` with random weights, allocated directly on ``device`` in ``dtype``.
-
-    Built on the meta device (no host copy of 14B parameters) with the dtypes ``from_pretrained`` would
-    give (``_keep_in_fp32_modules`` in float32, the rest in ``dtype``), so the device holds one copy
-    of the weights, then materialised: matrices ~ N(0, 0.02), vectors 0 (biases) or 1 (norm scales),
-    RoPE tables recomputed.
-    """
-    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
-    with torch.device("meta"):
-        model = BindWeaveTransformer3DModel(**kwargs).to(dtype)
-    keep_fp32 = model._keep_in_fp32_modules or []
-    for name, param in model.named_parameters():
-        if any(pattern in name.split(".") for pattern in keep_fp32):
-            param.data = param.data.float()  # still on meta: no memory
-    model.to_empty(device=device)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim >= 2:
-                param.normal_(0.0, 0.02)
-            else:
-                param.fill_(0.0 if name.endswith("bias") else 1.0)
-    c = model.config
-    model.rope = WanRotaryPosEmbed(c.attention_head_dim, c.patch_size, c.rope_max_seq_len).to(device)
-    return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-
-
-@dataclass(frozen=True)
-class _DiTInputs:
-    """Random inputs of one sampling step, with the release's shapes for the video size."""
-
-    latents: torch.Tensor  # (1, z, F', h, w)
-    timestep: torch.Tensor  # (1,)
-    cond: Conditioning
-    uncond: Conditioning | None  # None without CFG
-    workload: DiTWorkload  # the positive branch's
-    flops_per_step: int  # useful FLOPs of both branches (padding rows of batched CFG not counted)
-
-    @property
-    def branches(self) -> list[Conditioning]:
-        return [self.cond] if self.uncond is None else [self.cond, self.uncond]
-
-
-def _dit_inputs(
-    transformer, config: BenchConfig, height: int, width: int, num_frames: int, device
-) -> _DiTInputs:
-    c = transformer.config
-    frames, h, w = latent_frame_count(num_frames, 4), height // 8, width // 8
-    slots, dtype = c.num_reference_slots, transformer.dtype
-    g = torch.Generator().manual_seed(config.seed)
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g).to(device, dtype)
-
-    cond = Conditioning(
-        text=randn(1, 512, c.text_dim),
-        image=randn(1, slots * c.image_context_tokens, c.image_dim),
-        mllm=randn(1, config.mllm_tokens, c.mllm_dim),
-        condition=randn(1, c.in_channels - c.out_channels, slots + frames, h, w),
-    )
-    uncond = None
-    if config.guidance != 1.0:
-        negative_mllm = randn(1, config.mllm_tokens + NEGATIVE_EXTRA_TOKENS, c.mllm_dim)
-        uncond = cond.with_prompt(randn(1, 512, c.text_dim), negative_mllm)
-    workload = DiTWorkload(
-        tokens=sequence_length(c, frames, h, w),
-        image_branch_tokens=c.image_context_tokens,
-        clip_tokens=slots * c.image_context_tokens,
-        mllm_tokens=config.mllm_tokens,
-    )
-    inputs = _DiTInputs(
-        latents=randn(1, c.out_channels, frames, h, w),
-        timestep=torch.full((1,), 500.0, device=device),
-        cond=cond,
-        uncond=uncond,
-        workload=workload,
-        flops_per_step=0,
-    )
-    flops = sum(dit_forward_flops(c, _workload_of(inputs, branch)).total for branch in inputs.branches)
-    return replace(inputs, flops_per_step=flops)
-
-
-def _workload_of(inputs: _DiTInputs, branch: Conditioning) -> DiTWorkload:
-    return replace(inputs.workload, mllm_tokens=branch.mllm.shape[1])
-
-
 # ---------------------------------------------------------------------------------------------- timing
+
+
+def _time_stock(transformer, inputs: DiTInputs, config: BenchConfig, device: torch.device):
+    """``(seconds per step, TFLOP/s)`` of stock Wan on the same weights (:func:`.dit_timing.stock_forward`)."""
+    step, flops = stock_forward(transformer, inputs, config.attention_backend)
+    seconds = time_calls(step, config.repeats, device)
+    return seconds, flops / seconds / 1e12
 
 
 def _apply_options(pipe, transformer, config: BenchConfig, device: torch.device) -> None:
@@ -293,78 +225,8 @@ def _apply_options(pipe, transformer, config: BenchConfig, device: torch.device)
         compile_blocks(transformer, fullgraph=True)
 
 
-def _dit_step(transformer, inputs: _DiTInputs, config: BenchConfig) -> torch.Tensor:
-    """One sampling step's DiT work: both CFG branches, in one batched forward or two."""
-    with torch.no_grad():
-        return guided_velocity(
-            transformer,
-            inputs.latents,
-            inputs.timestep,
-            inputs.cond,
-            inputs.uncond,
-            config.guidance,
-            batch_cfg=config.batch_cfg,
-        )
-
-
-def _time_stock(transformer, inputs: _DiTInputs, config: BenchConfig, device: torch.device):
-    """``(seconds per step, TFLOP/s)`` of stock Wan: same weights, tokens and context length, two forwards.
-
-    Stock Wan takes the slots and the condition already concatenated, ``(1, 36, slots + F', h, w)``, and
-    a text context of the same length as BindWeave's (``L + 512``, split by the stock processor at
-    ``len - 512``); it has no connector, whose FLOPs are left out of its count.
-    """
-    stock = stock_wan_sharing_weights(transformer)
-    if config.attention_backend is not None:
-        set_attention_backend(stock, config.attention_backend)
-    c = transformer.config
-    latents = inputs.latents  # (1, z, F', h, w)
-    slot_frames = latents.new_zeros(*latents.shape[:2], c.num_reference_slots, *latents.shape[3:])
-    calls = []
-    for branch in inputs.branches:
-        hidden = torch.cat([torch.cat([slot_frames, latents], dim=2), branch.condition], dim=1)
-        text = torch.cat([branch.mllm.new_zeros(1, branch.mllm.shape[1], c.text_dim), branch.text], dim=1)
-        calls.append((hidden, text, branch.image))  # (1, 36, S+F', h, w), (1, L+512, text_dim), (1, S*257, D)
-
-    def step() -> None:
-        with torch.no_grad():
-            for hidden, text, image in calls:
-                stock(hidden, inputs.timestep, text, image, return_dict=False)
-
-    seconds = _time_steps(step, config.repeats, device)
-    flops = sum(dit_forward_flops(c, _workload_of(inputs, b)).without_connector() for b in inputs.branches)
-    return seconds, flops / seconds / 1e12
-
-
-def stock_wan_sharing_weights(transformer) -> torch.nn.Module:
-    """Stock diffusers ``WanTransformer3DModel`` of the same config, sharing ``transformer``'s tensors."""
-    bindweave_only = ("mllm_dim", "image_context_tokens", "num_reference_slots")
-    kwargs = {
-        k: v for k, v in transformer.config.items() if not k.startswith("_") and k not in bindweave_only
-    }
-    with torch.device("meta"):
-        stock = WanTransformer3DModel(**kwargs)
-    state = {k: v for k, v in transformer.state_dict().items() if ".text_projector." not in k}
-    stock.load_state_dict(state, strict=True, assign=True)
-    stock.rope = transformer.rope  # the non-persistent RoPE tables are not in the state dict
-    return stock.eval()
-
-
-def _time_steps(step: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    """Mean seconds of ``step`` over ``repeats`` calls, after one warm-up call."""
-    if repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {repeats}")
-    step()
-    _synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    _synchronize(device)
-    return (time.perf_counter() - start) / repeats
-
-
 def _time_end_to_end(
-    pipe, inputs: _DiTInputs, config: BenchConfig, video: tuple[int, int, int], device: torch.device
+    pipe, inputs: DiTInputs, config: BenchConfig, video: tuple[int, int, int], device: torch.device
 ) -> float | None:
     """Seconds of one full pipeline call (after a warm-up call); ``None`` for the DiT-only 14b bench."""
     if pipe is None:
@@ -387,15 +249,10 @@ def _time_end_to_end(
             generator=torch.Generator().manual_seed(config.seed),
         )
 
-    return _time_steps(call, 1, device)
+    return time_calls(call, 1, device)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _peak_memory_gib(device: torch.device) -> tuple[float, str]:

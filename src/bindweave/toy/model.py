@@ -7,7 +7,7 @@ Every component is the real class (umT5, CLIP vision, Wan VAE, BindWeave DiT, Qw
   latent value, which loses most of a sprite's look (``toy-eval``'s ``vae-recon``: fidelity 0.36).
   ``toy base`` can make one that compresses 2x in space and 2x or not at all in time, with fewer latent
   channels (``z_dim`` 4: 6 pixel values per latent value); the 2x-in-space, 1x-in-time one keeps the
-  sprites (``vae-recon`` fidelity 0.91; README, "The toy world"). It is the one component trained before
+  sprites (``vae-recon`` fidelity 0.91; docs/toy-world.md). It is the one component trained before
   the DiT (:mod:`bindweave.toy.vae`): a random VAE decodes nothing.
 - umT5 / CLIP / Qwen2.5-VL: the tiny random encoders of :mod:`bindweave.testing`, frozen, as the paper
   freezes them; their tokenizers are also trained on toy prompts (a 48-word toy prompt: 106 umT5
@@ -20,7 +20,7 @@ Every component is the real class (umT5, CLIP vision, Wan VAE, BindWeave DiT, Qw
   of a 2x one, so the tokens per frame do not grow with the latents); trained with ``bindweave train``.
   A token holds z x p x p noisy latent values (64 with the 4x VAE, 256 with a 2x one of 16 channels, 64
   with 4 channels); the DiT's input and output channels follow the VAE's. On either 2x VAE the samples
-  of DiTs trained so far (up to 3000 steps) stay grainy (README, "The toy world").
+  of DiTs trained so far (up to 3000 steps) stay grainy (docs/toy-world.md).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ __all__ = [
 
 TOY_SIZE = {"height": FRAME_SIZE, "width": FRAME_SIZE, "num_frames": NUM_FRAMES}
 # Trained without condition dropout, the toy DiT has never seen the negative prompt: guiding away from it
-# lowers every score but direction accuracy (README, "The toy world"), so the toy samples unguided.
+# lowers every score but direction accuracy (docs/toy-world.md), so the toy samples unguided.
 TOY_GUIDANCE = 1.0
 TOY_STEPS = 20  # the step count the demo has always used with it
 _CORPUS_SCENES = 400  # toy prompts added to the tokenizers' training text

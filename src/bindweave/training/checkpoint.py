@@ -66,6 +66,9 @@ STATE_DIR = "training_state"
 LORA_DIR = "lora"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _TRAINABLE_ONLY = StateDictOptions(ignore_frozen_params=True)
+# Loading the trainable weights alone: the frozen ones (a LoRA base, a connector-only run's DiT) are
+# missing by design, which a strict load refuses; _load_trainable_weights checks that nothing else is.
+_LOAD_TRAINABLE = StateDictOptions(ignore_frozen_params=True, strict=False)
 
 
 @dataclass
@@ -250,6 +253,20 @@ def save_checkpoint(
 # ---------------------------------------------------------------------------------------------- load
 
 
+def _load_trainable_weights(transformer: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy the saved trainable weights into ``transformer``; only its frozen parameters may be left out.
+
+    Raises ``RuntimeError`` naming any other key that is missing or not the model's.
+    """
+    frozen = {name for name, param in transformer.named_parameters() if not param.requires_grad}
+    result = set_model_state_dict(transformer, weights, options=_LOAD_TRAINABLE)
+    missing = sorted(set(result.missing_keys) - frozen)
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"training state does not fit the model: missing {missing}, unexpected {result.unexpected_keys}"
+        )
+
+
 @dataclass
 class LoadedCheckpoint:
     state: TrainingState
@@ -273,7 +290,7 @@ def load_checkpoint(
         "optimizer": get_optimizer_state_dict(transformer, optimizer, options=_TRAINABLE_ONLY),
     }
     dcp.load(saved, checkpoint_id=state_dir / "dcp", no_dist=not ctx.is_distributed)
-    set_model_state_dict(transformer, saved["model"], options=_TRAINABLE_ONLY)
+    _load_trainable_weights(transformer, saved["model"])
     set_optimizer_state_dict(transformer, optimizer, saved["optimizer"], options=_TRAINABLE_ONLY)
 
     info = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))

@@ -145,13 +145,16 @@ class LoRAConfig:
 
 @dataclasses.dataclass
 class DistributedConfig:
-    """FSDP2 sharding (used whenever the job runs on more than one process)."""
+    """FSDP2 sharding (used whenever the job runs on more than one process, or with shard_single_process)."""
 
     shard_group_size: int | None = field(
         None,
         help="shard within groups of this many ranks and replicate across groups (HSDP); null: shard over all",
     )
     reshard_after_forward: bool = field(True, help="free gathered block weights after forward (ZeRO-3)")
+    shard_single_process: bool = field(
+        False, help="shard with FSDP2 even in a one-process job (runs the sharded code path on one GPU)"
+    )
 
     def validate(self, where: str) -> None:
         if self.shard_group_size is not None and self.shard_group_size < 1:
@@ -236,6 +239,11 @@ class TrainConfig:
         "bf16", help="bf16: bf16 compute with fp32 master weights (CUDA); fp32: everything in float32"
     )
     gradient_checkpointing: bool = field(True, help="recompute block activations in backward")
+    deterministic: bool = field(
+        False,
+        help="deterministic kernels only (torch.use_deterministic_algorithms): a rerun or a resumed run "
+        "repeats every bit on CUDA too; slower, and an op without a deterministic kernel raises",
+    )
     distributed: DistributedConfig = field(default_factory=DistributedConfig, help="FSDP2 settings")
     logging: LoggingConfig = field(default_factory=LoggingConfig, help="stdout / TensorBoard logging")
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, help="checkpointing")
@@ -264,6 +272,10 @@ class TrainConfig:
         self.lora.validate(f"{where}: lora")
         self.optimizer.validate(f"{where}: optimizer")
         self.distributed.validate(f"{where}: distributed")
+        if self.trainable == "lora" and self.distributed.shard_single_process:
+            raise ConfigError(
+                f"{where}: distributed.shard_single_process: LoRA runs unsharded (trainable: lora in one process)"
+            )
         self.logging.validate(f"{where}: logging")
         self.checkpoint.validate(f"{where}: checkpoint")
         self.validation.validate(f"{where}: validation")

@@ -49,10 +49,11 @@ class DistributedContext:
         return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed(timeout_minutes: float = 30.0) -> DistributedContext:
+def init_distributed(timeout_minutes: float = 30.0, *, group_of_one: bool = False) -> DistributedContext:
     """Join the ``torchrun`` job described by the environment, or describe this lone process.
 
-    The device is ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU (gloo backend).
+    The device is ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU (gloo backend). A lone process
+    gets a process group of its own only with ``group_of_one`` (FSDP2 needs one to shard over).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -62,13 +63,16 @@ def init_distributed(timeout_minutes: float = 30.0) -> DistributedContext:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    owns = world_size > 1 and not dist.is_initialized()
+    owns = (world_size > 1 or group_of_one) and not dist.is_initialized()
     if owns:
         backend = "nccl" if device.type == "cuda" else "gloo"
+        # A group of one needs no rendezvous: an in-memory store works with or without torchrun's variables.
+        store = {"store": dist.HashStore(), "rank": 0, "world_size": 1} if world_size == 1 else {}
         dist.init_process_group(
             backend=backend,
             timeout=datetime.timedelta(minutes=timeout_minutes),
             device_id=device if device.type == "cuda" else None,
+            **store,
         )
         logger.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, device)
     return DistributedContext(
@@ -131,6 +135,9 @@ def shard_transformer(
     embedding in float32, exactly as at inference (a bf16 timestep would be off by up to 4 near 1000).
     """
     mesh = device_mesh(ctx, config)
+    logger.info(
+        "FSDP2: sharding the DiT over %d rank(s), %s on %s", ctx.world_size, dist.get_backend(), ctx.device
+    )
     mixed = (
         MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
         if compute_dtype is not None

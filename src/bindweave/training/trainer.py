@@ -49,6 +49,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, StageConfig, TrainConfig, config_to_dict
 from .data import ClipDataset, RawClip, Sample, SampleStream, StageDataset, StreamBatchSampler, make_loader
+from .determinism import deterministic_kernels
 from .distributed import (
     DistributedContext,
     all_reduce_mean,
@@ -99,17 +100,18 @@ class StepResult:
 def run_train(config: TrainConfig) -> TrainSummary:
     """Train as ``config`` says (see :class:`~bindweave.training.config.TrainConfig`)."""
     config.validate()
-    ctx = init_distributed()
-    _setup_logging(ctx)
-    try:
-        trainer = Trainer(config, ctx)
+    with deterministic_kernels(config.deterministic):
+        ctx = init_distributed(group_of_one=config.distributed.shard_single_process)
+        _setup_logging(ctx)
         try:
-            return trainer.train()
+            trainer = Trainer(config, ctx)
+            try:
+                return trainer.train()
+            finally:
+                trainer.close()
         finally:
-            trainer.close()
-    finally:
-        if ctx.owns_process_group:
-            shutdown_distributed()
+            if ctx.owns_process_group:
+                shutdown_distributed()
 
 
 def _setup_logging(ctx: DistributedContext) -> None:
@@ -140,12 +142,13 @@ class Trainer:
                 f"global_batch_size {config.global_batch_size} != micro_batch_size {config.micro_batch_size} x "
                 f"gradient_accumulation_steps {config.gradient_accumulation_steps} x {ctx.world_size} processes"
             )
-        self.sharded = ctx.world_size > 1
+        self.sharded = ctx.world_size > 1 or config.distributed.shard_single_process
         if self.sharded and config.trainable == "lora":
             raise ConfigError(
                 "trainable: lora runs in a single process; use trainable: full for FSDP2 training"
             )
         self.compute_dtype = torch.bfloat16 if config.precision == "bf16" else None
+        logger.info("training on %s, compute dtype %s", ctx.device, self.compute_dtype or torch.float32)
         _seed_everything(config.seed + ctx.rank)
 
         # 1. Pretrained components. Trainable weights are float32 masters; a LoRA base stays in the

@@ -16,12 +16,19 @@ class the benchmark runs (``eval/utils/gme/gme_model.py`` of OpenS2V-Nexus, iden
   \\n<|im_start|>assistant\\n<|endoftext|>``; queries carry the instruction, corpus images the default
   "You are a helpful assistant."; an image's content is ``<|vision_start|><|image_pad|><|vision_end|>``;
 * left padding, truncation to 1800 tokens, batches of 32;
+* attention: v1.1's ``get_gmescore.py`` and ``get_nexusscore.py`` (PKU-YuanGroup/OpenS2V-Nexus
+  8cb7427ed56b) load GME with ``attn_model="flash_attention_2"``, which in ``GmeQwen2VL`` also selects the
+  left padding above (``"sdpa"`` would select right padding; the fork commit franciszzj/OpenS2V-Nexus@70e5b55
+  switches GmeScore to that, not v1.1). By default (:func:`gme_attn_implementation`) we run
+  ``flash_attention_2`` where the benchmark could (CUDA with the ``flash_attn`` package installed), else
+  ``sdpa``; with the padding masked both give the same embeddings up to fp16 rounding;
 * the decoder run on the embeddings with **sequential** positions 0..L-1 on all three M-RoPE axes
   **(quirk)**: GME calls the text decoder directly, so Qwen2-VL's 2-D image positions are not used;
 * the pooled token: the last one (left padding), else each row's last unpadded token; L2-normalised.
 
 Checked against the benchmark's own code under transformers 4.51.3 on a tiny random checkpoint in the
-GME layout (``tests/eval/fixtures/make_gme_fixture.py``, ``tests/eval/test_eval_gme_port.py``).
+GME layout, in fp16 and fp32, left and right padded (``tests/eval/fixtures/make_gme_fixture.py``,
+``tests/eval/test_eval_gme_port.py``); the fp16 forward on CUDA in ``tests/eval/test_cuda.py``.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ __all__ = [
     "GmeEmbedder",
     "GmeQwen2VLEmbedder",
     "GmeScorer",
+    "gme_attn_implementation",
     "gme_fetch_image",
     "gme_prompt",
     "gme_smart_resize",
@@ -69,6 +77,16 @@ class GmeEmbedder(Protocol):
     def embed_texts(self, texts: Sequence[str], instruction: str) -> torch.Tensor: ...
 
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
+
+
+def gme_attn_implementation(device: str | torch.device) -> str:
+    """The benchmark's ``flash_attention_2`` on CUDA where the ``flash_attn`` package is importable, else
+    ``sdpa`` (flash-attn has no CPU kernels; transformers refuses it without the package)."""
+    import importlib.util
+
+    if torch.device(device).type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def text_image_similarity(gme: GmeEmbedder, text: str, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -142,7 +160,11 @@ def gme_fetch_image(image: Image.Image) -> Image.Image:
 
 
 class GmeQwen2VLEmbedder:
-    """GME-Qwen2-VL embeddings, natively on transformers 5 (see the module docstring for the recipe)."""
+    """GME-Qwen2-VL embeddings, natively on transformers 5 (see the module docstring for the recipe).
+
+    ``attn_implementation=None`` picks :func:`gme_attn_implementation` for ``device``; the choice is kept in
+    ``self.attn_implementation``.
+    """
 
     def __init__(
         self,
@@ -151,7 +173,7 @@ class GmeQwen2VLEmbedder:
         dtype: torch.dtype = torch.float16,
         batch_size: int = GME_BATCH_SIZE,
         padding_side: str = "left",
-        attn_implementation: str = "sdpa",
+        attn_implementation: str | None = None,
     ) -> None:
         from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
@@ -159,8 +181,9 @@ class GmeQwen2VLEmbedder:
         require_files("gme", [(model_path, GME_SOURCE)])
         require_weights("gme", model_path, GME_SOURCE)
         require_files("gme", [(model_path / "preprocessor_config.json", GME_SOURCE)])
+        self.attn_implementation = attn_implementation or gme_attn_implementation(device)
         full = Qwen2VLForConditionalGeneration.from_pretrained(
-            model_path, dtype=dtype, attn_implementation=attn_implementation
+            model_path, dtype=dtype, attn_implementation=self.attn_implementation
         )
         self.model = full.model.eval().requires_grad_(False).to(device)  # GME never uses the LM head
         del full

@@ -147,16 +147,22 @@ class QAlignQualityModel:
     Frames are padded to a square with the image processor's mean colour, preprocessed by the folder's
     CLIP image processor, cast to the model dtype; the prompt is tokenised with the folder's
     sentencepiece model; the logits of the five level words at the last position give
-    :func:`quality_from_logits` in the model dtype.
+    :func:`quality_from_logits` in the model dtype. ``attn_implementation`` defaults to ``"sdpa"``, what
+    OpenS2V-Eval v1.1's Q-Align environment runs; ``"eager"`` is upstream Q-Align's path (see
+    :mod:`bindweave.eval.scorers.qalign`).
     """
 
     def __init__(
-        self, model_path: str | Path, device: str = "cuda", dtype: torch.dtype = torch.float16
+        self,
+        model_path: str | Path,
+        device: str = "cuda",
+        dtype: torch.dtype = torch.float16,
+        attn_implementation: str | None = None,
     ) -> None:
         import sentencepiece
         from transformers import CLIPImageProcessor
 
-        from bindweave.eval.scorers.qalign import MplugOwl2QualityModel, qalign_input_ids
+        from bindweave.eval.scorers.qalign import QALIGN_ATTENTION, MplugOwl2QualityModel, qalign_input_ids
 
         model_path = Path(model_path)
         require_weights("motion_smoothness", model_path, QALIGN_SOURCE)
@@ -168,7 +174,9 @@ class QAlignQualityModel:
             ],
         )
         self.device = torch.device(device)
-        self.model = MplugOwl2QualityModel.from_folder(model_path, dtype=dtype).to(self.device)
+        self.model = MplugOwl2QualityModel.from_folder(
+            model_path, dtype=dtype, attn_implementation=attn_implementation or QALIGN_ATTENTION
+        ).to(self.device)
         self.dtype = dtype
         sp = sentencepiece.SentencePieceProcessor(model_file=str(model_path / "tokenizer.model"))
         self.input_ids = torch.tensor(qalign_input_ids(sp), device=self.device)

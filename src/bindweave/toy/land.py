@@ -1,0 +1,136 @@
+"""``bindweave toy land``: ship a training run's newest checkpoint if it beats the shipped toy model.
+
+The end of each part of the long run (``make toy-land``): the newest checkpoint is exported
+(:mod:`.export`), both it and the shipped model are scored on the same held-out toy scenes
+(:mod:`.evaluate`, ``trained`` variant, the same noise per sample), and the candidate replaces the shipped
+folder only if it is better on **fidelity and direction accuracy, each by more than the standard error of
+the paired per-sample difference**. So an improvement is never lost, and noise never ships. The decision
+and both score sets are written to ``<out>/land.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bindweave.config import field
+from bindweave.io.files import atomic_folder, atomic_write_json
+
+__all__ = ["LANDING_METRICS", "ToyLandConfig", "compare", "run_toy_land"]
+
+LANDING_METRICS = ("fidelity", "direction_accuracy")
+MAX_SHIPPED_BYTES = 20 * 2**20  # the package's model folder stays small
+
+
+@dataclass
+class ToyLandConfig:
+    train_dir: Path = field(
+        help="a training output_dir (its newest checkpoint is the candidate)", positional=True
+    )
+    out: Path = field(
+        Path("runs/toy-long/land"), help="work folder: the exported candidate, the scores, land.json"
+    )
+    shipped: Path | None = field(
+        None, help="the shipped model folder to beat and replace (default: the package's)"
+    )
+    num_samples: int = field(16, help="held-out samples scored for each model")
+    steps: int = field(15, help="sampling steps of each sample")
+    replace: bool = field(
+        True, help="replace the shipped folder when the candidate wins (--no-replace: only report)"
+    )
+
+
+def compare(
+    candidate: list[dict[str, float]], shipped: list[dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Per metric of :data:`LANDING_METRICS`: the mean paired difference (candidate - shipped), its standard
+    error and whether the difference exceeds it. Both lists score the same samples, in order."""
+    if len(candidate) != len(shipped) or len(candidate) < 2:
+        raise ValueError(
+            f"need the same >= 2 samples for both models, got {len(candidate)} and {len(shipped)}"
+        )
+    result = {}
+    for metric in LANDING_METRICS:
+        diffs = [c[metric] - s[metric] for c, s in zip(candidate, shipped, strict=True)]
+        mean = sum(diffs) / len(diffs)
+        variance = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+        error = math.sqrt(variance / len(diffs))
+        result[metric] = {"difference": mean, "standard_error": error, "better": mean > error}
+    return result
+
+
+def run_toy_land(config: ToyLandConfig) -> dict[str, Any]:
+    from bindweave.default_model import default_model_path
+    from bindweave.training.checkpoint import find_latest_checkpoint
+
+    from .export import export_pipeline
+
+    shipped = config.shipped or default_model_path()
+    checkpoint = find_latest_checkpoint(config.train_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{config.train_dir}: no checkpoint-* folder to land")
+    candidate = config.out / checkpoint.name
+    if not (candidate / "model_index.json").is_file():
+        export_pipeline(checkpoint, candidate)
+    scores = {
+        name: _scores(model, config, config.out / f"eval-{name}")
+        for name, model in (("candidate", candidate), ("shipped", shipped))
+    }
+    verdict = compare(scores["candidate"], scores["shipped"])
+    wins = all(v["better"] for v in verdict.values())
+    size = sum(f.stat().st_size for f in candidate.rglob("*") if f.is_file())
+    landed = wins and config.replace and size <= MAX_SHIPPED_BYTES
+    if landed:
+        with atomic_folder(shipped, replace=True) as staged:
+            shutil.copytree(candidate, staged)
+    record = {
+        "checkpoint": str(checkpoint),
+        "shipped": str(shipped),
+        "num_samples": config.num_samples,
+        "steps": config.steps,
+        "comparison": verdict,
+        "candidate_bytes": size,
+        "landed": landed,
+        "means": {name: _means(rows) for name, rows in scores.items()},
+    }
+    atomic_write_json(config.out / "land.json", record)
+    print(_summary(record, wins, size))
+    return record
+
+
+def _scores(model: Path, config: ToyLandConfig, out: Path) -> list[dict[str, float]]:
+    """Per-sample ``trained`` scores of ``model`` (``toy-eval`` reuses them when rerun with the same settings)."""
+    from .config import ToyEvalConfig
+    from .evaluate import run_toy_eval
+
+    run_toy_eval(
+        ToyEvalConfig(
+            model=model, variants=["trained"], num_samples=config.num_samples, steps=[config.steps], out=out
+        )
+    )
+    return json.loads((out / "trained.json").read_text())["scores"]
+
+
+def _means(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {name: sum(row[name] for row in rows) / len(rows) for name in rows[0]}
+
+
+def _summary(record: dict[str, Any], wins: bool, size: int) -> str:
+    lines = [f"candidate {record['checkpoint']} vs shipped {record['shipped']}:"]
+    for metric, v in record["comparison"].items():
+        lines.append(
+            f"  {metric}: {v['difference']:+.3f} +- {v['standard_error']:.3f} ({'better' if v['better'] else 'not better'})"
+        )
+    if record["landed"]:
+        lines.append(f"landed: {record['shipped']} is now the candidate ({size / 2**20:.1f} MiB)")
+    elif wins and size > MAX_SHIPPED_BYTES:
+        lines.append(
+            f"not landed: better, but {size / 2**20:.1f} MiB is over the {MAX_SHIPPED_BYTES // 2**20} MiB limit"
+        )
+    else:
+        lines.append("not landed" + ("" if wins else ": not better on both metrics beyond a standard error"))
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""``toy land``: the paired comparison, and the shipped folder replaced only by a candidate that wins."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bindweave.toy import land
+from bindweave.toy.land import ToyLandConfig, compare, run_toy_land
+from bindweave.training.checkpoint import STATE_DIR
+
+
+def rows(fidelity, direction):
+    return [
+        {"fidelity": f, "direction_accuracy": d, "psnr": 10.0}
+        for f, d in zip(fidelity, direction, strict=True)
+    ]
+
+
+def test_compare_is_the_paired_difference_and_its_standard_error():
+    # Differences 0.1, 0.3: mean 0.2, sample std sqrt(0.02), standard error sqrt(0.02 / 2) = 0.1.
+    verdict = compare(rows([0.4, 0.6], [0.5, 0.5]), rows([0.3, 0.3], [0.5, 0.25]))
+    assert verdict["fidelity"]["difference"] == pytest.approx(0.2)
+    assert verdict["fidelity"]["standard_error"] == pytest.approx(0.1)
+    assert verdict["fidelity"]["better"]
+    # Differences 0, 0.25: mean 0.125 = its standard error, so not beyond it.
+    assert verdict["direction_accuracy"]["difference"] == pytest.approx(0.125)
+    assert verdict["direction_accuracy"]["standard_error"] == pytest.approx(math.sqrt(0.03125 / 2))
+    assert not verdict["direction_accuracy"]["better"]
+
+
+def test_compare_needs_the_same_samples():
+    with pytest.raises(ValueError, match="same >= 2 samples"):
+        compare(rows([0.4], [0.5]), rows([0.3], [0.5]))
+
+
+def _folders(tmp_path):
+    """A training output_dir whose newest checkpoint is step 20, and a shipped model folder."""
+    for step in (10, 20):
+        checkpoint = tmp_path / "train" / f"checkpoint-{step:06d}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "model_index.json").write_text(json.dumps({"step": step}))
+        (checkpoint / STATE_DIR).mkdir()  # complete (its state written), and not exported
+        (checkpoint / STATE_DIR / "state.json").write_text("{}")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "model_index.json").write_text(json.dumps({"step": 0}))
+    return tmp_path / "train", shipped
+
+
+@pytest.mark.parametrize(
+    ("candidate_fidelity", "replace", "landed"), [(0.5, True, True), (0.3, True, False), (0.5, False, False)]
+)
+def test_the_shipped_folder_is_replaced_only_by_a_winner(
+    tmp_path, monkeypatch, candidate_fidelity, replace, landed
+):
+    train, shipped = _folders(tmp_path)
+    scored = {}
+
+    def fake_scores(model, config, out):
+        step = json.loads((model / "model_index.json").read_text())["step"]
+        scored[out.name] = step
+        if step == 0:
+            return rows([0.3, 0.32, 0.28], [0.2, 0.1, 0.3])
+        return rows(
+            [candidate_fidelity, candidate_fidelity + 0.02, candidate_fidelity - 0.02], [0.6, 0.5, 0.7]
+        )
+
+    monkeypatch.setattr(land, "_scores", fake_scores)
+    record = run_toy_land(
+        ToyLandConfig(train_dir=train, out=tmp_path / "land", shipped=shipped, replace=replace)
+    )
+    assert scored == {
+        "eval-candidate": 20,
+        "eval-shipped": 0,
+    }  # the newest checkpoint against the shipped one
+    assert record["landed"] is landed
+    assert json.loads((tmp_path / "land" / "land.json").read_text())["landed"] is landed
+    assert json.loads((shipped / "model_index.json").read_text())["step"] == (20 if landed else 0)
+    assert not (shipped / STATE_DIR).exists()
