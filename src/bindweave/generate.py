@@ -57,6 +57,7 @@ __all__ = [
     "SamplingConfig",
     "WeightsConfig",
     "check_seed",
+    "configure_pipeline",
     "load_pipeline",
     "resolve_device",
     "resolve_dtype",
@@ -101,6 +102,15 @@ def load_pipeline(config: ModelConfig):
 
             pipe.mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.mllm, dtype=dtype)
             pipe.mllm_processor = load_mllm_processor(config.mllm)
+    return configure_pipeline(pipe, config, device, distributed)
+
+
+def configure_pipeline(pipe, config: ModelConfig, device: torch.device, distributed=None):
+    """Fuse ``config``'s LoRAs into a loaded pipeline, then apply its speed and memory options and place it.
+
+    The second half of :func:`load_pipeline`, shared with pipelines assembled another way (the ComfyUI
+    loader's single files), so that both get the same LoRA and memory treatment.
+    """
     if config.loras:  # fused into the weights before the speed options (fp8, offloading) see them
         from .lora.apply import apply_loras
 

@@ -19,7 +19,6 @@ so that each tensor is read, dequantised and cast once (a 14B file is never held
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -28,8 +27,8 @@ from typing import Any
 
 import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-from safetensors import safe_open
 
+from ..singlefile.reader import FP8_DTYPES, ComponentFile
 from .checkpoint import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -40,55 +39,31 @@ __all__ = ["FP8_DTYPES", "infer_single_file_config", "load_single_file_state_dic
 #: ComfyUI's ``detect_unet_config`` does, ``num_heads = dim // 128``).
 WAN_HEAD_DIM = 128
 
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 _CONNECTOR = {"text_projection.0.": "condition_embedder.text_projector.linear_1.",
               "text_projection.2.": "condition_embedder.text_projector.linear_2."}  # fmt: skip
-_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")  # ComfyUI's scaled_fp8, and its comfy_quant layout
-_QUANT_SUFFIXES = (*_SCALE_SUFFIXES, ".scale_input", ".input_scale", ".comfy_quant")
-_QUANT_MARKERS = ("scaled_fp8",)
-_FP8_FORMATS = ("float8_e4m3fn", "float8_e5m2")
+_OTHER_MODELS = {"motion_encoder", "face_adapter", "vace_blocks"}
 
 
 class _SingleFile:
-    """The DiT tensors of one single-file checkpoint: original names -> diffusers names, read lazily."""
+    """The DiT tensors of one single-file checkpoint: original names -> diffusers names, read lazily.
+
+    Reading and dequantising are :class:`~bindweave.singlefile.reader.ComponentFile`'s (shared with the other
+    ComfyUI component files); this adds the DiT's names: the connector's, then diffusers' renaming.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            self.handle = safe_open(path, framework="pt")
-            keys = list(self.handle.keys())
-            metadata = self.handle.metadata() or {}
-        except Exception as err:  # safetensors raises its own error types for a corrupt header
-            raise CheckpointError(f"{path} is not a readable .safetensors file: {err}") from err
-        prefix = next((p for p in _PREFIXES if any(k.startswith(p) for k in keys)), "")
-        if prefix:
-            others = [k for k in keys if not k.startswith(prefix)]
-            if others:
-                logger.info(
-                    "%s: %d tensors outside %s (other components) are not read", path, len(others), prefix
-                )
-            keys = [k for k in keys if k.startswith(prefix)]
-        self.stored = {k.removeprefix(prefix): k for k in keys}  # name without prefix -> key in the file
-        self.formats = self._quantization_formats(metadata, prefix)
-        names = [n for n in self.stored if not n.endswith(_QUANT_SUFFIXES) and n not in _QUANT_MARKERS]
-        other_models = sorted(
-            {n.split(".")[0] for n in names} & {"motion_encoder", "face_adapter", "vace_blocks"}
-        )
+        self.file = ComponentFile(path, "BindWeave DiT", prefixes=_PREFIXES)
+        if self.file.left_out:
+            logger.info("%s: %d tensors outside %s (other components) are not read", path, self.file.left_out,
+                        self.file.prefix)  # fmt: skip
+        other_models = sorted({n.split(".")[0] for n in self.file.names} & _OTHER_MODELS)
         if other_models:  # diffusers' converter reshapes these tensors: not a renaming of names alone
             raise CheckpointError(
                 f"{path} holds {', '.join(other_models)}: a Wan-Animate / VACE model, not a Wan2.1-I2V DiT"
             )
-        # Refused before any shape is compared: a packed format (nvfp4: two values a byte) has other shapes.
-        unreadable = sorted((layer, form) for layer, form in self.formats.items() if form not in _FP8_FORMATS)
-        if unreadable:
-            layer, form = unreadable[0]
-            raise CheckpointError(
-                f"{path}: {layer}.weight is stored as {form!r} ({len(unreadable)} layers in formats other than "
-                "float8); only float8 (e4m3fn, e5m2) weights can be dequantised here: use the file's bf16 / "
-                "fp16 / fp8_scaled version"
-            )
-        original = {self._connector(n): n for n in names}
+        original = {self._connector(n): n for n in self.file.names}
         # diffusers' renaming, run on the names alone: {diffusers name: original name}.
         self.names = convert_wan_transformer_to_diffusers({k: n for k, n in original.items()})
 
@@ -99,52 +74,12 @@ class _SingleFile:
                 return ours + name.removeprefix(theirs)
         return name
 
-    def _quantization_formats(self, metadata: dict[str, str], prefix: str) -> dict[str, str]:
-        """``{layer: format}`` from ComfyUI's ``_quantization_metadata`` or its ``<layer>.comfy_quant`` records."""
-        formats: dict[str, str] = {}
-        if "_quantization_metadata" in metadata:
-            layers = json.loads(metadata["_quantization_metadata"]).get("layers", {})
-            formats |= {k.removeprefix(prefix): v.get("format", "") for k, v in layers.items()}
-        for name, key in self.stored.items():
-            if name.endswith(".comfy_quant"):
-                record = json.loads(bytes(self.handle.get_tensor(key).tolist()).decode("utf-8"))
-                formats[name.removesuffix(".comfy_quant")] = record.get("format", "")
-        return formats
-
     def shape(self, diffusers_name: str) -> tuple[int, ...]:
-        return tuple(self.handle.get_slice(self.stored[self.names[diffusers_name]]).get_shape())
+        return self.file.shape(self.names[diffusers_name])
 
     def tensor(self, diffusers_name: str, dtype: torch.dtype) -> torch.Tensor:
         """The tensor in ``dtype``; a float8 weight dequantised with its scale, if it has one."""
-        name = self.names[diffusers_name]
-        tensor = self.handle.get_tensor(self.stored[name])
-        layer = name.removesuffix(".weight")
-        scale_name = next((layer + s for s in _SCALE_SUFFIXES if layer + s in self.stored), None)
-        if scale_name is not None and tensor.dtype not in FP8_DTYPES:
-            raise CheckpointError(
-                f"{self.path}: {name} is {tensor.dtype} with a scale ({scale_name}); only float8 weights with "
-                "per-tensor scales can be dequantised here"
-            )
-        if tensor.dtype in FP8_DTYPES:
-            tensor = tensor.float()
-            if scale_name is not None:
-                tensor = tensor * self._scale(scale_name, name, tensor.shape)
-        return tensor.to(dtype)
-
-    def _scale(self, scale_name: str, name: str, shape: torch.Size) -> torch.Tensor:
-        """The dequantisation scale, shaped to broadcast along the axis its own shape names: one value
-        (per tensor), or ``(out,)`` / ``(out, 1, ...)`` (per output row). A scale along another axis (e.g.
-        ``(1, out)``) is refused, never guessed from its element count."""
-        scale = self.handle.get_tensor(self.stored[scale_name]).float()
-        rows = shape[0]
-        if scale.numel() == 1:
-            return scale.reshape(())
-        if scale.ndim >= 1 and scale.shape[0] == rows and all(n == 1 for n in scale.shape[1:]):
-            return scale.reshape(rows, *([1] * (len(shape) - 1)))
-        raise CheckpointError(
-            f"{self.path}: {scale_name} has shape {list(scale.shape)}: only per-tensor scales or per-row scales "
-            f"([{rows}] or [{rows}, 1]) of {name} {list(shape)} can be dequantised"
-        )
+        return self.file.tensor(self.names[diffusers_name], dtype)
 
 
 def single_file_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
