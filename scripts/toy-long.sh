@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
 # One part of the toy BindWeave's long run on one torch thread (configs/toy-long.yaml says what it trains).
 # Every step resumes or is skipped when already done, so rerunning it after an interruption or on the next
-# session continues the run; only the VAE (44 min on one thread) restarts if it was cut.
+# session continues the run; only the VAE (44 min on one thread) restarts if it was cut. A part ends with
+# `make toy-land`, which ships the newest checkpoint if it beats the shipped model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 RUN=runs/toy-long
+SHIPPED=src/bindweave/assets/toy-bindweave
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$RUN"
 [ -f "$RUN/data/manifest.jsonl" ] || "$BIN/bindweave" toy data --out "$RUN/data" --num-clips 1200
-"$BIN/bindweave" toy base --out "$RUN/base" --spatial-compression 2 --temporal-compression 1 \
-  --vae-width 16 --subject-weight 10 --steps 10000 --threads 1
+
+# A new machine after a part has landed: the shipped model holds this run's VAE (2x space, no time
+# compression, width 16), so it becomes the base, its DiT the start (with a fresh optimizer) and the VAE is
+# not retrained: landed progress is never lost.
+long_run_vae() {
+  "$BIN/python" -c 'import json, sys; c = json.load(open(sys.argv[1]))
+sys.exit((c["scale_factor_spatial"], c["scale_factor_temporal"], c["base_dim"]) != (2, 1, 16))' "$1"
+}
+if [ ! -e "$RUN/base" ] && ! ls "$RUN"/train/checkpoint-* > /dev/null 2>&1 && long_run_vae "$SHIPPED/vae/config.json"; then
+  rm -rf "$RUN/base.partial" && cp -r "$SHIPPED" "$RUN/base.partial" && mv "$RUN/base.partial" "$RUN/base"
+  echo "new machine: starting from the shipped model ($SHIPPED), which has this run's VAE"
+fi
+# toy base keeps a base it made with these settings (its toy_base.json) and refuses one made otherwise; a copy
+# of the shipped model has no such record and is kept as it is.
+if [ -f "$RUN/base/model_index.json" ] && [ ! -f "$RUN/base/toy_base.json" ]; then
+  echo "base: the shipped model's copy in $RUN/base"
+else
+  "$BIN/bindweave" toy base --out "$RUN/base" --spatial-compression 2 --temporal-compression 1 --vae-width 16 \
+    --subject-weight 10 --steps 10000 --threads 1
+fi
 "$BIN/bindweave" precompute --config configs/toy-long.yaml --manifest "$RUN/data/manifest.jsonl" \
   --output-dir "$RUN/cache"
 "$BIN/bindweave" train configs/toy-long.yaml
