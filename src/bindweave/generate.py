@@ -22,6 +22,7 @@ from .conditioning.mllm import load_mllm_processor
 from .conditioning.references import load_references
 from .config import to_dict
 from .default_model import default_model_notice
+from .generate_checks import check_generate_inputs, manifest_states
 from .generate_config import (
     Dtype,
     ExtractMLLMConfig,
@@ -38,12 +39,7 @@ from .io.manifest import ManifestEntry, load_manifest, resolve_images
 from .io.run_record import check_rerun, record_path, recorded_settings, setting_differences, video_settings
 from .io.video import write_video
 from .perf.config import apply_perf_config
-from .preflight import (
-    check_generate_inputs,
-    check_manifest_references,
-    manifest_states,
-    resolve_device,
-)
+from .preflight import check_manifest_references, resolve_device
 from .refine import refine_prompt
 
 logger = logging.getLogger(__name__)
