@@ -52,7 +52,7 @@ toy-land: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/bindweave toy land runs/toy-long/train --out runs/toy-long/land
 
 # The GPU check (docs/performance.md, "Checking a GPU node"). gpu-wheels runs where the package registries are:
-# it downloads the wheels an offline CUDA node lacks (diffusers, av, ftfy, wcwidth: ~42 MiB, CPython 3.12,
+# it downloads the wheels an offline CUDA node lacks (diffusers, av, ftfy, wcwidth: 41 MiB, CPython 3.12,
 # x86-64). gpu-check runs on the node with its own python3 and PyTorch, the project from this source tree.
 GPU_WHEELS ?= wheels/gpu
 GPU_CHECK_OUT ?= gpu-check
