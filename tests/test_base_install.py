@@ -14,6 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
+
 from bindweave.cli import COMMANDS
 
 BLOCKED = ("peft", "tensorboard", "cv2", "gradio", "playwright")
@@ -102,6 +105,16 @@ def test_inference_commands_run_on_the_embedded_model_without_the_extras(tmp_pat
         "comfy.safetensors",
     ):
         assert (tmp_path / path).stat().st_size > 0, path
+    # The demo scene is a toy scene: under the generated frames, its true frames (one tile each).
+    from bindweave.default_model import demo_true_frames
+    from bindweave.io.video import sample_frame_indices
+
+    with PIL.Image.open(tmp_path / "demo" / "demo.png") as image:
+        strip = np.asarray(image.convert("RGB"))
+    assert strip.shape[0] == 64 + 4 + 64
+    last = demo_true_frames(17)[sample_frame_indices(17, 6)[-1]]
+    assert np.array_equal(strip[68:, -64:], last)
+    assert "under them the scene's true frames" in report["outputs"][0]
     assert sorted(p.name for p in (tmp_path / "states").glob("*.pt")) == [
         "case_1_hidden_states.pt",
         "case_1_hidden_states_negative.pt",

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import PIL.Image
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SHIPPED_MODEL = Path(__file__).parent / "assets" / "toy-bindweave"
 DEMO_SCENE = (0, "demo", 9)  # (world seed, split, index): two subjects, one falls while the other rises
@@ -51,3 +55,10 @@ def demo_references() -> list[PIL.Image.Image]:
     from .toy.sprites import reference_image
 
     return [reference_image(subject.sprite)[0] for subject in _demo_scene().subjects]
+
+
+def demo_true_frames(num_frames: int) -> np.ndarray:
+    """The demo scene's true clip, ``(num_frames, 64, 64, 3)`` uint8: what a perfect model would draw."""
+    from .toy.world import render_clip
+
+    return render_clip(_demo_scene(), num_frames)

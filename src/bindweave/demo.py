@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import field
-from .default_model import default_model_notice, demo_prompt, demo_references
+from .default_model import default_model_notice, demo_prompt, demo_references, demo_true_frames
 from .generate_config import ModelConfig, check_seed
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,21 @@ def run_demo(config: DemoConfig) -> tuple[Path, Path]:
         generator=torch.Generator().manual_seed(config.seed),
     ).frames[0]
     write_video(frames, video_path, fps=16)
-    write_strip(references, frames, strip_path)
+    truth = _true_frames(config.prompt, frames.shape)
+    write_strip(references, frames, strip_path, truth=truth)
     print(f"video: {video_path.resolve()}\nstrip: {strip_path.resolve()}")
+    if truth is not None:
+        print("strip rows: the references and the generated frames; under them the scene's true frames")
     return video_path, strip_path
+
+
+def _true_frames(prompt: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The demo scene's true frames when the video can be compared with them, else ``None`` (and why)."""
+    if prompt != demo_prompt():
+        print("strip: no true frames (a prompt other than the demo scene's has none)")
+        return None
+    truth = demo_true_frames(shape[0])
+    if truth.shape != tuple(shape):
+        print(f"strip: no true frames (the video is {shape[2]}x{shape[1]}, the toy scene 64x64)")
+        return None
+    return truth

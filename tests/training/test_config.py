@@ -32,6 +32,7 @@ def test_paper_recipe_loads_with_the_reported_settings():
     assert config.trainable == "full" and config.precision == "bf16" and config.gradient_checkpointing
     assert config.optimizer.betas == [0.9, 0.999] and config.optimizer.weight_decay == 0.0
     assert config.optimizer.max_grad_norm is None
+    assert (config.objective.shift, config.objective.loss_weighting) == (5.0, "released")
     assert (config.data.height, config.data.width, config.data.num_frames, config.data.fps) == (
         720,
         1280,
@@ -84,6 +85,9 @@ def test_every_shipped_config_loads_with_its_recipe():
         assert found == (lrs, weight_decay, max_grad_norm, eps, augment, mllm_input), name
         assert config.data.augment.enabled and not config.data.first_frame_condition, name
         assert config.optimizer.betas == [0.9, 0.999], name
+        # Only the toy's long run leaves the release's loss weights (it cannot learn its prompt with them).
+        weighting = "uniform" if name == "toy-long.yaml" else "released"
+        assert (config.objective.shift, config.objective.loss_weighting) == (5.0, weighting), name
 
 
 def test_the_released_recipe_mirrors_the_released_script():
@@ -151,6 +155,11 @@ def test_json_configs_load_too(tmp_path):
         (
             MINIMAL + "trainable: lora\ndistributed: {shard_single_process: true}\n",
             "distributed.shard_single_process: LoRA runs unsharded",
+        ),
+        (MINIMAL + "objective: {shift: 0}\n", "objective.shift: must be > 0, got 0"),
+        (
+            MINIMAL + "objective: {loss_weighting: flat}\n",
+            "objective.loss_weighting: expected one of ['released', 'uniform']",
         ),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from bindweave.denoiser import Conditioning
@@ -28,6 +29,19 @@ def test_sigma_table_shift_and_loss_weights_follow_the_spec():
     assert len(sigmas) == 1000 and sigmas[0] == 1.0 and sigmas[-1] > 0  # extra_one_step: 0 not in the table
     assert abs(weights.sum() - 1000.0) < 1e-9 and weights.min() == 0.0
     assert abs(sigmas[500] - 5 * 0.5 / 3) < 1e-12  # s = 0.5 shifts to 5/6
+
+
+def test_shift_and_uniform_weighting_options():
+    objective = FlowMatchingObjective(shift=1.0, loss_weighting="uniform")
+    sigmas = np.linspace(1.0, 0.0, 1001)[:-1]  # shift 1: the unshifted grid, sigmas drawn uniformly
+    np.testing.assert_allclose(objective.sigmas.numpy(), sigmas, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(objective.timesteps.numpy(), 1000.0 * sigmas, rtol=0, atol=1e-9)
+    assert torch.equal(objective.weights, torch.ones(1000, dtype=torch.float64))
+    shifted = FlowMatchingObjective(shift=2.0)
+    np.testing.assert_allclose(shifted.sigmas.numpy(), spec_table(shift=2.0)[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(shifted.weights.numpy(), spec_table(shift=2.0)[2], rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="loss_weighting: expected 'released' or 'uniform', got 'flat'"):
+        FlowMatchingObjective(loss_weighting="flat")
 
 
 class _FixedVelocity(torch.nn.Module):

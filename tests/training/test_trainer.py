@@ -16,6 +16,7 @@ from bindweave.perf.cross_attention import install_fast_cross_attention
 from bindweave.pipeline import BindWeavePipeline
 from bindweave.training.cache import FeatureCache, feature_settings
 from bindweave.training.checkpoint import list_checkpoints, resume_hint
+from bindweave.training.distributed import init_distributed
 from bindweave.training.features import collate_features
 from bindweave.training.metrics import read_metrics
 from bindweave.training.model import configure_trainable, load_pipeline
@@ -235,3 +236,23 @@ def test_resume_hint_without_a_checkpoint_or_without_auto_resume(tmp_path):
         f"the last checkpoint is {tmp_path / 'checkpoint-000007'} (step 7); set resume: auto (or resume: "
         f"{tmp_path / 'checkpoint-000007'}) in the config and run it again to continue from it"
     )
+
+
+def test_the_objective_section_reaches_the_trainer(tiny_cache, tiny_pipeline_dir, tmp_path):
+    """``objective: {shift: 1, loss_weighting: uniform}``: the run draws from the unshifted table, weight 1."""
+    objective = {"shift": 1.0, "loss_weighting": "uniform"}
+    config = build_config(cached_config(tmp_path, tiny_pipeline_dir, tiny_cache, objective=objective))
+    trainer = Trainer(config, init_distributed())
+    try:
+        expected = torch.linspace(1.0, 0.0, 1001, dtype=torch.float64)[:-1]
+        torch.testing.assert_close(trainer.objective.sigmas, expected, rtol=0, atol=1e-12)
+        assert torch.equal(trainer.objective.weights, torch.ones(1000, dtype=torch.float64))
+    finally:
+        trainer.close()
+    default = Trainer(
+        build_config(cached_config(tmp_path / "d", tiny_pipeline_dir, tiny_cache)), init_distributed()
+    )
+    try:
+        assert default.objective.sigmas[500] == 5 * 0.5 / 3 and default.objective.weights.min() == 0
+    finally:
+        default.close()

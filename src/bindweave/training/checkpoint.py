@@ -56,6 +56,7 @@ __all__ = [
     "find_latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "resume_checkpoint",
     "resume_hint",
     "save_checkpoint",
     "write_frozen_components",
@@ -99,6 +100,15 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 def find_latest_checkpoint(output_dir: Path) -> Path | None:
     checkpoints = list_checkpoints(output_dir)
     return checkpoints[-1][1] if checkpoints else None
+
+
+def resume_checkpoint(output_dir: Path, resume: str | Path) -> Path | None:
+    """The checkpoint a run resumes from: ``never`` -> none, ``auto`` -> the newest in ``output_dir``, or a path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return find_latest_checkpoint(output_dir)
+    return Path(resume)
 
 
 def resume_hint(output_dir: Path, resume: str | Path, every_steps: int) -> str:

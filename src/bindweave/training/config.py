@@ -38,6 +38,7 @@ __all__ = [
     "LoggingConfig",
     "MildAugmentConfig",
     "ModelConfig",
+    "ObjectiveConfig",
     "OptimizerConfig",
     "PrecomputeConfig",
     "StageConfig",
@@ -101,6 +102,25 @@ class StageConfig:
             raise ConfigError(f"{where}.lr: must be > 0, got {self.lr}")
         if self.warmup_steps < 0:
             raise ConfigError(f"{where}.warmup_steps: must be >= 0, got {self.warmup_steps}")
+
+
+@dataclasses.dataclass
+class ObjectiveConfig:
+    """Where the flow-matching loss looks. Defaults are the release's (spec 4): shift 5, its loss weights.
+
+    The released weights are ~0 at both ends of the table. Where a clip's latents can be read through
+    nearly all of the noise (the toy's: 278k values a clip), the prompt matters only at that top end, and
+    a model trained from scratch with them never learnt to read it; flat weights did (docs/toy-world.md).
+    """
+
+    shift: float = field(5.0, help="timestep-table shift (the release: 5.0; 1.0: sigmas drawn uniformly)")
+    loss_weighting: Literal["released", "uniform"] = field(
+        "released", help="per-timestep loss weight: the release's bell over the table, or 1 everywhere"
+    )
+
+    def validate(self, where: str) -> None:
+        if self.shift <= 0:
+            raise ConfigError(f"{where}.shift: must be > 0, got {self.shift}")
 
 
 @dataclasses.dataclass
@@ -235,6 +255,9 @@ class TrainConfig:
     )
     lora: LoRAConfig = field(default_factory=LoRAConfig, help="LoRA settings (trainable: lora)")
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, help="AdamW settings")
+    objective: ObjectiveConfig = field(
+        default_factory=ObjectiveConfig, help="timestep table and loss weights of the flow-matching loss"
+    )
     precision: Literal["bf16", "fp32"] = field(
         "bf16", help="bf16: bf16 compute with fp32 master weights (CUDA); fp32: everything in float32"
     )
@@ -271,6 +294,7 @@ class TrainConfig:
             raise ConfigError(f"{where}: micro_batch_size and gradient_accumulation_steps must be >= 1")
         self.lora.validate(f"{where}: lora")
         self.optimizer.validate(f"{where}: optimizer")
+        self.objective.validate(f"{where}: objective")
         self.distributed.validate(f"{where}: distributed")
         if self.trainable == "lora" and self.distributed.shard_single_process:
             raise ConfigError(

@@ -1,14 +1,17 @@
-"""Deterministic kernels for a training run (``deterministic: true``): a resumed run repeats a straight one."""
+"""Deterministic kernels for a training run (``deterministic: true``): a resumed run repeats a straight one;
+and the seeding of the global RNGs."""
 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
-__all__ = ["CUBLAS_WORKSPACE_ENV", "deterministic_kernels"]
+__all__ = ["CUBLAS_WORKSPACE_ENV", "deterministic_kernels", "seed_everything"]
 
 #: cuBLAS's workspace setting; ``:4096:8`` (8 buffers of 4 MiB) is one of the two deterministic ones.
 CUBLAS_WORKSPACE_ENV = "CUBLAS_WORKSPACE_CONFIG"
@@ -37,3 +40,10 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(was_enabled, warn_only=was_warn_only)
         if workspace is None:
             os.environ.pop(CUBLAS_WORKSPACE_ENV, None)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs; nothing in training draws from them, but third-party code might."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -26,6 +26,7 @@ __all__ = [
     "all_reduce_mean",
     "all_reduce_sum",
     "barrier",
+    "global_grad_norm",
     "init_distributed",
     "shard_transformer",
     "shutdown_distributed",
@@ -105,6 +106,17 @@ def all_reduce_sum(value: int, ctx: DistributedContext) -> int:
     tensor = torch.tensor([value], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return int(tensor.item())
+
+
+def global_grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """The L2 norm of all of ``params``' gradients (over every shard), before clipping them to ``max_norm``."""
+    if max_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+        norm = norm.full_tensor()
+    return float(norm)
 
 
 def device_mesh(ctx: DistributedContext, config: DistributedConfig) -> DeviceMesh:

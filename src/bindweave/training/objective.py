@@ -1,11 +1,13 @@
-"""The training objective: rectified flow with the released timestep table and loss weights (spec 4).
+"""The training objective: rectified flow with the released timestep table and loss weights (spec 4),
+and the stage's learning-rate schedule (linear warmup, then constant: :func:`build_lr_scheduler`).
 
 - The table: 1000 sigmas from 1 to 0 shifted with shift 5 (:func:`bindweave.flow.training_sigmas`),
-  timesteps ``1000 s'``; a sample's timestep is a uniformly drawn index into it.
+  timesteps ``1000 s'``; a sample's timestep is a uniformly drawn index into it. (``shift`` and
+  ``loss_weighting`` change that for small models: :class:`~bindweave.training.config.ObjectiveConfig`.)
 - ``x_t = (1 - s) x_0 + s eps`` and the target ``v = eps - x_0`` (:mod:`bindweave.flow`, shared with
   the sampler); the prediction is :func:`bindweave.denoiser.predict_velocity`, the sampler's call.
 - Loss: the MSE over the video latents (the model already drops the reference slots), per sample,
-  times the released weight of its timestep (:func:`bindweave.flow.loss_weights`), averaged.
+  times the released weight of its timestep (:func:`bindweave.flow.loss_weights`; or 1), averaged.
 - A batch whose MLLM states were padded to its longest clip carries a
   :class:`~bindweave.perf.cross_attention.ContextPadding`; each sample's cross-attention must skip its
   padding rows, so the loss requires the caller to be inside ``padded_context`` for it (a scope the
@@ -21,12 +23,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from bindweave.denoiser import Conditioning, predict_velocity
 from bindweave.flow import add_noise, loss_weights, sigma_to_timestep, training_sigmas, velocity_target
 from bindweave.perf.cross_attention import ContextPadding, fast_processors
 
-__all__ = ["FlowMatchingObjective", "LossOutput"]
+from .config import StageConfig
+
+__all__ = ["FlowMatchingObjective", "LossOutput", "build_lr_scheduler"]
 
 
 @dataclass
@@ -39,11 +44,16 @@ class LossOutput:
 class FlowMatchingObjective:
     """The timestep table and its loss weights, and the loss itself."""
 
-    def __init__(self, num_timesteps: int = 1000, shift: float = 5.0):
+    def __init__(self, num_timesteps: int = 1000, shift: float = 5.0, loss_weighting: str = "released"):
         # float64 tables; each lookup is cast to float32 on the compute device.
         self.sigmas = training_sigmas(num_timesteps, shift)  # (T,) from 1 down, shifted
         self.timesteps = sigma_to_timestep(self.sigmas)  # (T,) in (0, 1000]
-        self.weights = loss_weights(self.timesteps)  # (T,) sums to 1000
+        if loss_weighting == "released":
+            self.weights = loss_weights(self.timesteps)  # (T,) sums to 1000
+        elif loss_weighting == "uniform":
+            self.weights = torch.ones_like(self.timesteps)
+        else:
+            raise ValueError(f"loss_weighting: expected 'released' or 'uniform', got {loss_weighting!r}")
 
     def draw(
         self, shape: tuple[int, ...], seed: int, stage: int, positions: list[int]
@@ -95,3 +105,11 @@ class FlowMatchingObjective:
         return LossOutput(
             loss=(per_sample * weights).mean(), per_sample=per_sample.detach(), timesteps=timestep
         )
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig) -> LambdaLR:
+    """The stage's learning rate: linear warmup over ``warmup_steps``, then constant ``stage.lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = stage.lr
+    warmup = stage.warmup_steps
+    return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)

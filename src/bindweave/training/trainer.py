@@ -20,7 +20,6 @@ again with the same config continues from the newest checkpoint as if it had nev
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import time
 from collections.abc import Iterator
@@ -28,7 +27,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
@@ -41,20 +39,21 @@ from bindweave.perf.cross_attention import install_fast_cross_attention
 from .cache import FeatureCache, FeatureCacheDataset, feature_settings
 from .checkpoint import (
     TrainingState,
-    find_latest_checkpoint,
     load_checkpoint,
+    resume_checkpoint,
     resume_hint,
     save_checkpoint,
     write_frozen_components,
 )
 from .config import ConfigError, StageConfig, TrainConfig, config_to_dict
 from .data import ClipDataset, RawClip, Sample, SampleStream, StageDataset, StreamBatchSampler, make_loader
-from .determinism import deterministic_kernels
+from .determinism import deterministic_kernels, seed_everything
 from .distributed import (
     DistributedContext,
     all_reduce_mean,
     all_reduce_sum,
     barrier,
+    global_grad_norm,
     init_distributed,
     shard_transformer,
     shutdown_distributed,
@@ -63,7 +62,7 @@ from .features import DTYPES, FeatureBatch, FeatureEncoder, collate_features, co
 from .manifest import read_clip_manifest
 from .metrics import MetricsLogger
 from .model import configure_trainable, load_pipeline
-from .objective import FlowMatchingObjective
+from .objective import FlowMatchingObjective, build_lr_scheduler
 from .validation import Validator
 
 logger = logging.getLogger(__name__)
@@ -122,14 +121,6 @@ def _setup_logging(ctx: DistributedContext) -> None:
     logging.getLogger("bindweave.training").setLevel(level)
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig) -> LambdaLR:
-    """The stage's learning rate: linear warmup over ``warmup_steps``, then constant ``stage.lr``."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] = stage.lr
-    warmup = stage.warmup_steps
-    return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
-
-
 class Trainer:
     """Holds the run's model, optimizer, data and bookkeeping; :meth:`train` runs the curriculum."""
 
@@ -149,7 +140,7 @@ class Trainer:
             )
         self.compute_dtype = torch.bfloat16 if config.precision == "bf16" else None
         logger.info("training on %s, compute dtype %s", ctx.device, self.compute_dtype or torch.float32)
-        _seed_everything(config.seed + ctx.rank)
+        seed_everything(config.seed + ctx.rank)
 
         # 1. Pretrained components. Trainable weights are float32 masters; a LoRA base stays in the
         #    compute dtype (it never changes, and bf16 halves the memory of a 14B base).
@@ -185,7 +176,9 @@ class Trainer:
             eps=config.optimizer.eps,
             weight_decay=config.optimizer.weight_decay,
         )
-        self.objective = FlowMatchingObjective()
+        self.objective = FlowMatchingObjective(
+            shift=config.objective.shift, loss_weighting=config.objective.loss_weighting
+        )
 
         # 3. Frozen encoders: on the device when a stage encodes clips online or validation prompts need
         #    encoding; in a cache-only run they go back to the CPU once the validation prompts are encoded.
@@ -210,7 +203,7 @@ class Trainer:
         # 4. Resume.
         self.state = TrainingState()
         self.scheduler_state: dict | None = None
-        checkpoint = self._resume_checkpoint()
+        checkpoint = resume_checkpoint(self.output_dir, config.resume)
         if checkpoint is not None:
             loaded = load_checkpoint(checkpoint, self.transformer, self.optimizer, ctx)
             self.state, self.scheduler_state = loaded.state, loaded.scheduler_state
@@ -228,14 +221,6 @@ class Trainer:
         )  # DiT sequence length, reference slots included
 
     # ------------------------------------------------------------------ setup helpers
-
-    def _resume_checkpoint(self) -> Path | None:
-        resume = self.config.resume
-        if resume == "never":
-            return None
-        if resume == "auto":
-            return find_latest_checkpoint(self.output_dir)
-        return Path(resume)
 
     def _stage_dataset(self, stage: StageConfig) -> StageDataset:
         data = self.config.data
@@ -360,19 +345,13 @@ class Trainer:
                 (output.loss / accumulation).backward()
             losses.append(output.loss.detach())
 
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if config.optimizer.max_grad_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.optimizer.max_grad_norm)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm(grads)
-        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
-            grad_norm = grad_norm.full_tensor()
+        grad_norm = global_grad_norm(self.params, config.optimizer.max_grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(
             loss=float(all_reduce_mean(torch.stack(losses).mean(), self.ctx)),
-            grad_norm=float(grad_norm),
+            grad_norm=grad_norm,
             lr=lr,
             skipped=all_reduce_sum(skipped, self.ctx),
         )
@@ -418,10 +397,3 @@ class Trainer:
 
     def close(self) -> None:
         self.metrics.close()
-
-
-def _seed_everything(seed: int) -> None:
-    """Seed the global RNGs; nothing in training draws from them, but third-party code might."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
