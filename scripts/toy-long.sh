@@ -13,11 +13,11 @@ mkdir -p "$RUN"
 [ -f "$RUN/data/manifest.jsonl" ] || "$BIN/bindweave" toy data --out "$RUN/data" --num-clips 1200
 
 # A new machine after a part has landed: the shipped model holds this run's VAE (2x space, no time
-# compression, width 16), so it becomes the base, its DiT the start (with a fresh optimizer) and the VAE is
-# not retrained: landed progress is never lost.
+# compression, width 16, 4 latent channels), so it becomes the base, its DiT the start (with a fresh
+# optimizer) and the VAE is not retrained: landed progress is never lost.
 long_run_vae() {
   "$BIN/python" -c 'import json, sys; c = json.load(open(sys.argv[1]))
-sys.exit((c["scale_factor_spatial"], c["scale_factor_temporal"], c["base_dim"]) != (2, 1, 16))' "$1"
+sys.exit((c["scale_factor_spatial"], c["scale_factor_temporal"], c["base_dim"], c["z_dim"]) != (2, 1, 16, 4))' "$1"
 }
 if [ ! -e "$RUN/base" ] && ! ls "$RUN"/train/checkpoint-* > /dev/null 2>&1 && long_run_vae "$SHIPPED/vae/config.json"; then
   rm -rf "$RUN/base.partial" && cp -r "$SHIPPED" "$RUN/base.partial" && mv "$RUN/base.partial" "$RUN/base"
@@ -29,7 +29,7 @@ if [ -f "$RUN/base/model_index.json" ] && [ ! -f "$RUN/base/toy_base.json" ]; th
   echo "base: the shipped model's copy in $RUN/base"
 else
   "$BIN/bindweave" toy base --out "$RUN/base" --spatial-compression 2 --temporal-compression 1 --vae-width 16 \
-    --subject-weight 10 --steps 10000 --threads 1
+    --latent-channels 4 --subject-weight 10 --steps 10000 --threads 1
 fi
 "$BIN/bindweave" precompute --config configs/toy-long.yaml --manifest "$RUN/data/manifest.jsonl" \
   --output-dir "$RUN/cache"

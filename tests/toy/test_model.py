@@ -20,7 +20,7 @@ from bindweave.toy.dataset import toy_scene
 from bindweave.toy.evaluate import ToyEvalConfig, format_table, toy_eval
 from bindweave.toy.export import export_pipeline
 from bindweave.toy.metrics import score_clip
-from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE, toy_corpus, toy_vae
+from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE, build_toy_pipeline, toy_corpus, toy_vae
 from bindweave.toy.vae import (
     ToyBaseConfig,
     reconstruct_clip,
@@ -140,7 +140,6 @@ def test_toy_pipeline_generates_at_its_native_size(toy_pipe):
 
 def test_a_less_compressing_vae_gets_larger_dit_patches_and_the_same_tokens_per_frame(toy_pipe):
     from bindweave.default_model import demo_references
-    from bindweave.toy.model import build_toy_pipeline
 
     pipe = build_toy_pipeline(toy_vae(spatial_compression=2, temporal_compression=2, width=16), seed=0)
     narrow = build_toy_pipeline(
@@ -237,13 +236,54 @@ def test_run_toy_base_writes_a_loadable_pipeline_and_reuses_it(tmp_path, capsys,
         "vae_width",
         "latent_channels",
         "subject_weight",
+        "tie_reference_embedding",
     ):
         del record[key]
     (out / "toy_base.json").write_text(json.dumps(record))
     run_toy_base(config)  # kept
     assert (out / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(FileExistsError, match="other settings"):
-        run_toy_base(dataclasses.replace(config, spatial_compression=2, temporal_compression=2))
+        run_toy_base(
+            dataclasses.replace(config, spatial_compression=2, temporal_compression=2, latent_channels=4)
+        )
+
+
+def test_toy_base_refuses_latents_its_dit_cannot_denoise():
+    # A 2x VAE of 16 channels: 4 x 4 patches of 256 values, more than the width-128 output head emits.
+    with pytest.raises(
+        ValueError, match=r"--latent-channels 16 with --spatial-compression 2 puts 256 .* at most 8 latent"
+    ):
+        ToyBaseConfig(out="x", spatial_compression=2, temporal_compression=1, vae_width=16).validate()
+    ToyBaseConfig(out="x", spatial_compression=2, temporal_compression=1, latent_channels=8).validate()
+    ToyBaseConfig(out="x").validate()  # the shipped recipe's 4x VAE: 2 x 2 patches of 16 channels, 64
+
+
+def test_the_dit_output_lies_in_its_heads_span_so_wider_tokens_keep_noise():
+    """Why the check above: every velocity the DiT predicts is ``proj_out.weight @ h + bias``, so sampling
+    never touches the starting noise outside that span, half of each token when it holds 256 values."""
+    pipe = build_toy_pipeline(toy_vae(spatial_compression=2, temporal_compression=1, width=8), seed=0)
+    dit = pipe.transformer
+    weight, bias = dit.proj_out.weight.detach().double(), dit.proj_out.bias.detach().double()
+    assert weight.shape == (256, 128)
+    q = torch.linalg.qr(weight).Q  # (256, 128): an orthonormal basis of the span
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 3, 8, 8, generator=generator)  # (B, z, F, h, w): 3 frames of 2 x 2 tokens
+    condition = torch.randn(1, 20, 3 + 4, 8, 8, generator=generator)  # 4 slots + the video's frames
+    with torch.no_grad():
+        v = dit(
+            x, torch.tensor([500.0]),
+            encoder_hidden_states=torch.randn(1, 512, 32, generator=generator),
+            encoder_hidden_states_image=torch.randn(1, 4 * 17, 32, generator=generator),
+            mllm_hidden_states=torch.randn(1, 5, 32, generator=generator),
+            condition=condition, return_dict=False,
+        )[0]  # fmt: skip
+    # (1, 16, F, 8, 8) -> one row per token, ordered as proj_out's (p_t, p_h, p_w, z) outputs
+    tokens = v.double()[0].reshape(16, -1, 2, 4, 2, 4).permute(1, 2, 4, 3, 5, 0).reshape(-1, 256) - bias
+    outside = tokens - tokens @ q @ q.T
+    assert outside.abs().max() < 1e-4 * tokens.abs().max()
+    noise = torch.randn(4096, 256, dtype=torch.float64, generator=generator)
+    kept = (noise - noise @ q @ q.T).pow(2).sum() / noise.pow(2).sum()
+    assert abs(kept.item() - 0.5) < 0.01
 
 
 def test_toy_base_makes_the_less_compressing_vae_and_its_dit(tmp_path, monkeypatch):
@@ -253,6 +293,7 @@ def test_toy_base_makes_the_less_compressing_vae_and_its_dit(tmp_path, monkeypat
     config = ToyBaseConfig(
         out=tmp_path / "base", steps=1, clip_steps=1, batch_size=2, crop=16,
         spatial_compression=2, temporal_compression=2, vae_width=8, latent_channels=4, subject_weight=10.0,
+        tie_reference_embedding=True,
     )  # fmt: skip
     assert [phase.frames for phase in vae.vae_phases(config)] == [
         5,
@@ -265,6 +306,11 @@ def test_toy_base_makes_the_less_compressing_vae_and_its_dit(tmp_path, monkeypat
     assert pipe.vae.config.z_dim == 4 and len(pipe.vae.config.latents_std) == 4
     assert (pipe.transformer.config.in_channels, pipe.transformer.config.out_channels) == (12, 4)
     assert json.loads((config.out / "toy_base.json").read_text())["subject_weight"] == 10.0
+    # Tied: input channels 8-11 (the condition's latents, after 4 noise and 4 mask channels) read as 0-3.
+    weight = pipe.transformer.patch_embedding.weight
+    assert torch.equal(weight[:, 8:12], weight[:, 0:4]) and not torch.equal(weight[:, 4:8], weight[:, 0:4])
+    untied = build_toy_pipeline(pipe.vae, seed=0).transformer.patch_embedding.weight
+    assert torch.equal(untied[:, :8], weight[:, :8]) and not torch.equal(untied[:, 8:12], untied[:, 0:4])
 
 
 def test_export_resolves_links_and_drops_training_state(tmp_path, toy_pipe):

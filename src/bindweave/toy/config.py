@@ -13,7 +13,12 @@ from bindweave.config import field
 from bindweave.generate_config import check_guidance, check_seed
 from bindweave.samplers import SAMPLERS
 
-__all__ = ["VARIANTS", "ToyBaseConfig", "ToyDataConfig", "ToyEvalConfig"]
+__all__ = ["TOY_DIT_WIDTH", "VARIANTS", "ToyBaseConfig", "ToyDataConfig", "ToyEvalConfig"]
+
+#: The toy DiT's width (4 heads of 32). Its output head maps a token's ``width`` features to the token's
+#: ``z x p x p`` latent values, so it can emit at most ``width`` independent values a token: past that, the
+#: part of the starting noise outside the head's span is never removed (docs/toy-world.md, "The long run").
+TOY_DIT_WIDTH = 128
 
 VARIANTS = ("trained", "no-mllm", "no-vae-refs", "no-clip", "random-init", "vae-recon", "ground-truth")
 
@@ -47,6 +52,11 @@ class ToyBaseConfig:
     subject_weight: float = field(
         0.0, help="extra loss weight on the sprites' pixels (0: plain mean; the background is most pixels)"
     )
+    tie_reference_embedding: bool = field(
+        False,
+        help="start the DiT with the patch-embedding weights that read the references' latents equal to "
+        "those that read the noisy latents, so a reference embeds as the video's drawing of it would",
+    )
     seed: int = field(0, help="seeds the clips drawn, the VAE and the untrained components")
     threads: int | None = field(None, help="torch CPU threads (default: torch's choice)")
 
@@ -60,6 +70,15 @@ class ToyBaseConfig:
             raise ValueError(
                 f"--vae-width and --latent-channels must be >= 1 and --subject-weight >= 0, got "
                 f"{self.vae_width}, {self.latent_channels}, {self.subject_weight}"
+            )
+        patch = 8 // self.spatial_compression
+        if self.latent_channels * patch * patch > TOY_DIT_WIDTH:
+            raise ValueError(
+                f"--latent-channels {self.latent_channels} with --spatial-compression "
+                f"{self.spatial_compression} puts {self.latent_channels * patch * patch} latent values in a "
+                f"DiT token ({patch} x {patch} patches), more than the toy DiT's width {TOY_DIT_WIDTH} can "
+                f"emit: part of every sample's starting noise would never be removed; use at most "
+                f"{TOY_DIT_WIDTH // (patch * patch)} latent channels"
             )
 
 

@@ -32,9 +32,11 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKLWan
 
+from bindweave.conditioning.latents import MASK_CHANNELS
 from bindweave.testing.release import build_tiny_release, tiny_transformer_kwargs
 from bindweave.testing.tokenizers import CORPUS
 
+from .config import TOY_DIT_WIDTH
 from .world import FRAME_SIZE, NUM_FRAMES, sample_scene, scene_rng
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "TOY_STEPS",
     "TOY_SIZE",
     "build_toy_pipeline",
+    "tie_reference_embedding",
     "toy_corpus",
     "toy_transformer_kwargs",
     "toy_vae",
@@ -95,7 +98,8 @@ def toy_transformer_kwargs(patch: int = 2, latent_channels: int = 16) -> dict[st
     """The toy DiT: the tiny BindWeave config, 4 blocks of width 128, ``patch x patch`` latent patches of a
     VAE with ``latent_channels`` (input: noise + the condition's 4 mask and z latent channels)."""
     kwargs = tiny_transformer_kwargs()
-    heads, head_dim = 4, 32
+    heads = 4
+    head_dim = TOY_DIT_WIDTH // heads
     kwargs.update(
         num_attention_heads=heads,
         attention_head_dim=head_dim,
@@ -115,11 +119,21 @@ def toy_corpus(seed: int = 0) -> list[str]:
     return [*CORPUS, *prompts]
 
 
-def build_toy_pipeline(vae: AutoencoderKLWan, *, seed: int = 0):
+def tie_reference_embedding(transformer: torch.nn.Module) -> None:
+    """Set the DiT's patch-embedding weights that read the condition's latent channels equal to those that
+    read the noisy latents, in place: a reference slot then embeds as the video's clean drawing of the same
+    subject would. An initialisation for a DiT trained from scratch (the released one comes trained)."""
+    z = transformer.config.out_channels
+    weight = transformer.patch_embedding.weight  # (width, z + 4 + z, pt, ph, pw): noise, masks, latents
+    with torch.no_grad():
+        weight[:, z + MASK_CHANNELS :] = weight[:, :z]
+
+
+def build_toy_pipeline(vae: AutoencoderKLWan, *, seed: int = 0, tie_references: bool = False):
     """The untrained toy ``BindWeavePipeline`` around a trained ``vae`` (float32, on CPU).
 
     The DiT's patches cover 8 x 8 pixels whatever the VAE's spatial compression; its channels follow the
-    VAE's.
+    VAE's. ``tie_references``: :func:`tie_reference_embedding` on the new DiT.
     """
     from bindweave.models import BindWeaveTransformer3DModel
     from bindweave.pipeline import BindWeavePipeline
@@ -138,6 +152,8 @@ def build_toy_pipeline(vae: AutoencoderKLWan, *, seed: int = 0):
         transformer = BindWeaveTransformer3DModel(
             **toy_transformer_kwargs(8 // vae.config.scale_factor_spatial, vae.config.z_dim)
         )
+    if tie_references:
+        tie_reference_embedding(transformer)
     components = {**stock.components, "vae": vae.eval(), "transformer": transformer}
     defaults = {f"default_{k}": v for k, v in TOY_SIZE.items()}
     return BindWeavePipeline(

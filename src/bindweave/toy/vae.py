@@ -67,6 +67,7 @@ _EARLIER_SETTINGS = {
     "vae_width": 8,
     "latent_channels": 16,
     "subject_weight": 0.0,
+    "tie_reference_embedding": False,
 }
 
 
@@ -267,7 +268,7 @@ def run_toy_base(config: ToyBaseConfig) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     vae = train_toy_vae(config)
-    pipe = build_toy_pipeline(vae, seed=config.seed)
+    pipe = build_toy_pipeline(vae, seed=config.seed, tie_references=config.tie_reference_embedding)
     with atomic_folder(out) as folder:  # out is absent or empty (checked above)
         pipe.save_pretrained(folder)
         shutil.rmtree(folder / "__pycache__", ignore_errors=True)
