@@ -123,7 +123,7 @@ COMMANDS = [
     Command(
         "ui",
         "serve the subject-to-video web app on 127.0.0.1 (needs the 'ui' extra)",
-        "bindweave.ui.launch:UIConfig",
+        "bindweave.ui.config:UIConfig",
         "bindweave.ui.launch:run_ui",
     ),
     Command(

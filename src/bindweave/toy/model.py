@@ -6,8 +6,9 @@ Every component is the real class (umT5, CLIP vision, Wan VAE, BindWeave DiT, Qw
   a 64 x 64 frame is 16 x 16 latents and a 14-20 px sprite spans 4-5 latent pixels: 12 pixel values per
   latent value, which loses most of a sprite's look (``toy-eval``'s ``vae-recon``: fidelity 0.36).
   ``toy base`` can make one that compresses 2x in space and 2x or not at all in time, with fewer latent
-  channels (``z_dim`` 4: 6 pixel values per latent value); the 2x-in-space, 1x-in-time one keeps the
-  sprites (``vae-recon`` fidelity 0.91; docs/toy-world.md). It is the one component trained before
+  channels (``z_dim`` 4: 6 pixel values per latent value, 3 without time compression); the 2x-in-space,
+  1x-in-time ones keep the sprites (``vae-recon`` fidelity 0.91 with 16 channels, 0.88 with 4;
+  docs/toy-world.md). It is the one component trained before
   the DiT (:mod:`bindweave.toy.vae`): a random VAE decodes nothing.
 - umT5 / CLIP / Qwen2.5-VL: the tiny random encoders of :mod:`bindweave.testing`, frozen, as the paper
   freezes them; their tokenizers are also trained on toy prompts (a 48-word toy prompt: 106 umT5
@@ -18,9 +19,10 @@ Every component is the real class (umT5, CLIP vision, Wan VAE, BindWeave DiT, Qw
   demo prompt; before the norm they were about 0.02).
 - DiT: 4 blocks of width 128 (4 heads of 32), patches of 8 x 8 pixels (2 x 2 latents of the 4x VAE, 4 x 4
   of a 2x one, so the tokens per frame do not grow with the latents); trained with ``bindweave train``.
-  A token holds z x p x p noisy latent values (64 with the 4x VAE, 256 with a 2x one of 16 channels, 64
-  with 4 channels); the DiT's input and output channels follow the VAE's. On either 2x VAE the samples
-  of DiTs trained so far (up to 3000 steps) stay grainy (docs/toy-world.md).
+  A token holds z x p x p noisy latent values (64 with the 4x VAE, 64 with a 2x one of 4 channels); the
+  DiT's input and output channels follow the VAE's. Its output head emits at most its width (128) values
+  a token, so ``toy base`` refuses a VAE that needs more (a 2x one of 16 channels: 256), whose samples
+  keep half their starting noise (docs/toy-world.md).
 """
 
 from __future__ import annotations

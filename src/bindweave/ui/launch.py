@@ -1,4 +1,4 @@
-"""``bindweave ui``: the launcher config and :func:`run_ui`.
+"""``bindweave ui``: :func:`run_ui`, which serves the app of :class:`~bindweave.ui.config.UIConfig`.
 
 Importing this module needs no Gradio (the CLI lists every subcommand on a machine without the ``ui``
 extra); :func:`run_ui` says how to install it when it is missing.
@@ -8,41 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import field
 from ..default_model import default_model_notice
 from ..extras import install_hint
-from ..generate_config import ModelConfig
-from ..io.files import ensure_writable_dir
-from ..refine import RefineOptions
+from .config import UIConfig
 
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD = "50mb"  # reference images; a bigger upload is refused by Gradio before it reaches the app
 INSTALL_HINT = f"the web app needs Gradio 5 or newer, of the 'ui' extra: {install_hint('ui')}"
-
-
-@dataclass(kw_only=True)
-class UIConfig(ModelConfig, RefineOptions):
-    """Serve the subject-to-video web app (model options as for ``bindweave generate``)."""
-
-    host: str = field("127.0.0.1", help="address to listen on; 0.0.0.0 exposes the app to the network")
-    port: int = field(7860, help="port to listen on")
-    share: bool = field(False, help="also open a public Gradio share link (off: the app stays local)")
-    out: Path = field(Path("outputs/ui"), help="folder for the results (one subfolder per run)")
-
-    def validate(self) -> None:
-        """Every launcher option that needs no model, checked before the model is loaded."""
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"--port must be between 0 and 65535, got {self.port}")
-        self.validate_model()
-        self.check_refine()
-        if self.refine == "local" and not self.saved_model().has_mllm:
-            raise ValueError("--refine local needs the pipeline's Qwen2.5-VL (give --mllm)")
-        ensure_writable_dir(self.out / "probe")
 
 
 def _require_gradio() -> Any:

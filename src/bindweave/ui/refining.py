@@ -10,7 +10,7 @@ from ..refine import PromptRefiner, refine_prompt
 from .inputs import UIError, check_prompt, load_reference_images
 
 if TYPE_CHECKING:
-    from .launch import UIConfig
+    from .config import UIConfig
     from .loader import PipelineLoader
 
 RefinerFactory = Callable[[], PromptRefiner]
