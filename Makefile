@@ -10,11 +10,12 @@ OUT    ?= outputs
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch is installed first and pinned, so the other packages never pull a different (CUDA) build.
-$(STAMP): $(BIN)/python pyproject.toml
+# torch is installed first and pinned, so the other packages never pull a different (CUDA) build;
+# constraints.txt pins the packages the GPU check carries as wheels, so the tests run on those versions.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,ui]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,ui]"
 	touch $(STAMP)
 
 install: $(STAMP)

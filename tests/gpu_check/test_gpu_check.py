@@ -146,6 +146,10 @@ def test_a_missing_package_without_a_wheel_names_it_and_the_command(tmp_path):
 
 
 def test_the_carried_wheels_are_the_versions_tested_here():
+    # make install takes constraints.txt's pins, so a clean checkout tests what the node gets.
+    lines = (Path(__file__).parents[2] / "constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    assert pins == {wheel.name: wheel.version for wheel in WHEELS}
     for wheel in WHEELS:
         assert importlib.metadata.version(wheel.name) == wheel.version, wheel.name
     assert MAX_WHEEL_BYTES == 64 * 2**20
