@@ -17,6 +17,7 @@ from bindweave.denoiser import Conditioning, guided_velocity, predict_velocity
 from bindweave.flow import apply_guidance
 from bindweave.models import BindWeaveTransformer3DModel
 from bindweave.pipeline import BindWeavePipeline
+from bindweave.sampling import set_released_timesteps
 from bindweave.testing import (
     assert_close_to_float32_rounding,
     assert_differs_beyond_float32_rounding,
@@ -169,7 +170,7 @@ def test_sampling_runs_on_the_released_sigma_table(pipe, refs):
     assert seen == [int(3 * s / (1 + 2 * s) * 1000) for s in grid]
     assert pipe.scheduler.sigmas[-1] == 0
 
-    pipe.prepare_timesteps(50)
+    set_released_timesteps(pipe.scheduler, 50)
     assert pipe.scheduler.timesteps[:3].tolist() == [999, 992, 985]
     assert pipe.scheduler.timesteps[-2:].tolist() == [111, 57]
 
@@ -186,7 +187,7 @@ def test_a_scheduler_that_ignores_the_explicit_table_is_refused(pipe, monkeypatc
         ),
     )
     with pytest.raises(RuntimeError, match="did not take the released sigma table"):
-        pipe.prepare_timesteps(50)
+        set_released_timesteps(pipe.scheduler, 50)
 
 
 def test_precomputed_mllm_states_without_an_mllm(pipe, refs):

@@ -153,7 +153,7 @@ def sampling_scheduler(flow_shift: float = SAMPLING_SHIFT) -> UniPCMultistepSche
     """The released sampler: UniPC multistep (bh2, order 2) on shifted flow sigmas, final sigma 0.
 
     Its own ``set_timesteps(n)`` gives the installed diffusers' table; the pipeline sets the released one
-    (:meth:`bindweave.BindWeavePipeline.prepare_timesteps`).
+    (:func:`bindweave.sampling.set_released_timesteps`).
     """
     return UniPCMultistepScheduler(
         num_train_timesteps=NUM_TRAIN_TIMESTEPS,

@@ -20,11 +20,10 @@ from transformers import (
     CLIPVisionModel,
     PreTrainedModel,
     ProcessorMixin,
-    Qwen2_5_VLForConditionalGeneration,
     UMT5EncoderModel,
 )
 
-from .conditioning.clip import clip_pixel_values, encode_clip, pack_clip_tokens
+from .conditioning.clip import encode_reference_tokens
 from .conditioning.latents import (
     build_condition,
     denormalize_latents,
@@ -33,24 +32,18 @@ from .conditioning.latents import (
     reference_slots,
     zero_video_condition,
 )
-from .conditioning.mllm import MLLM_NEGATIVE_SUFFIX, encode_mllm, load_mllm_processor, load_mllm_states
+from .conditioning.mllm import MLLM_NEGATIVE_SUFFIX, branch_states
 from .conditioning.references import Letterboxed, ReferenceInput, letterbox, load_references
 from .conditioning.text import DEFAULT_NEGATIVE_PROMPT, encode_t5
 from .denoiser import Conditioning, guided_velocity
-from .flow import (
-    euler_step,
-    lcm_step,
-    lightx2v_sampling_sigmas,
-    released_sampling_sigmas,
-    released_sigma_grid,
-    sampling_scheduler,
-)
 from .lora.loader import BindWeaveLoraLoaderMixin
 from .models import BindWeaveTransformer3DModel
 from .perf.cross_attention import context_kv_cache
 from .perf.parallel import check_sequence_split
 from .perf.pipeline_options import SpeedOptionsMixin
-from .samplers import LIGHTX2V_SHIFT, Sampler, get_sampler
+from .released import released_components
+from .samplers import get_sampler
+from .sampling import SamplingPlan
 
 logger = logging.getLogger(__name__)
 
@@ -147,33 +140,8 @@ class BindWeavePipeline(DiffusionPipeline, BindWeaveLoraLoaderMixin, SpeedOption
             torch_dtype: dtype of the transformer, umT5, CLIP and MLLM. The VAE stays float32, as Wan does.
             transformer_kwargs: config overrides for a configless transformer folder of another size.
         """
-        mllm = mllm_processor = None
-        if mllm_path is not None:
-            mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(mllm_path, dtype=torch_dtype)
-            mllm_processor = load_mllm_processor(mllm_path)
         return cls(
-            tokenizer=AutoTokenizer.from_pretrained(wan_path, subfolder="tokenizer"),
-            text_encoder=UMT5EncoderModel.from_pretrained(
-                wan_path, subfolder="text_encoder", dtype=torch_dtype
-            ),
-            image_encoder=CLIPVisionModel.from_pretrained(
-                wan_path, subfolder="image_encoder", dtype=torch_dtype
-            ),
-            image_processor=CLIPImageProcessor.from_pretrained(wan_path, subfolder="image_processor"),
-            vae=AutoencoderKLWan.from_pretrained(wan_path, subfolder="vae", dtype=torch.float32),
-            transformer=(
-                BindWeaveTransformer3DModel.from_single_file(
-                    transformer_path, dtype=torch_dtype, **transformer_kwargs
-                )
-                if os.path.isfile(transformer_path)
-                else BindWeaveTransformer3DModel.from_pretrained(
-                    transformer_path, dtype=torch_dtype, **transformer_kwargs
-                )
-            ),
-            # The released sampler settings (flow_shift 3), not the Wan folder's scheduler config.
-            scheduler=sampling_scheduler(),
-            mllm=mllm,
-            mllm_processor=mllm_processor,
+            **released_components(wan_path, transformer_path, mllm_path, torch_dtype, **transformer_kwargs)
         )
 
     # ------------------------------------------------------------------ steps
@@ -225,48 +193,27 @@ class BindWeavePipeline(DiffusionPipeline, BindWeaveLoraLoaderMixin, SpeedOption
         negative_mllm_hidden_states: MLLMStates | None,
         do_cfg: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Positive and negative MLLM states, each ``(1, L, mllm_dim)``, given or computed."""
-        mllm_dim = self.transformer.config.mllm_dim
-
-        def states_for(given: MLLMStates | None, text: str, name: str) -> torch.Tensor:
-            if given is not None:
-                return load_mllm_states(given, mllm_dim, name=name)
-            if self.mllm is None or self.mllm_processor is None:
-                raise ValueError(
-                    f"{name} were not given and the pipeline has no mllm / mllm_processor to compute them"
-                )
-            return load_mllm_states(
-                encode_mllm(self.mllm, self.mllm_processor, text, images, self._execution_device),
-                mllm_dim,
-                name=name,
-            )
-
-        positive = states_for(mllm_hidden_states, prompt, "mllm_hidden_states")
-        if not do_cfg:
-            if negative_mllm_hidden_states is not None:  # unused, but a wrong one is still a mistake
-                load_mllm_states(negative_mllm_hidden_states, mllm_dim, name="negative_mllm_hidden_states")
-                logger.warning(
-                    "negative_mllm_hidden_states have no effect at guidance_scale 1 (no negative branch)"
-                )
-            return positive, None
-        negative_text = negative_prompt + MLLM_NEGATIVE_SUFFIX
-        return positive, states_for(negative_mllm_hidden_states, negative_text, "negative_mllm_hidden_states")
+        """Positive and negative MLLM states, each ``(1, L, mllm_dim)``, given or computed (spec 2.5)."""
+        return branch_states(
+            self.mllm,
+            self.mllm_processor,
+            self.transformer.config.mllm_dim,
+            (prompt, negative_prompt + MLLM_NEGATIVE_SUFFIX),
+            images,
+            (mllm_hidden_states, negative_mllm_hidden_states),
+            do_cfg,
+            self._execution_device,
+        )
 
     def encode_clip_tokens(self, boxes: list[Letterboxed]) -> torch.Tensor:
-        size = self.image_encoder.config.image_size
-        pixels = clip_pixel_values(
-            torch.stack([b.canvas for b in boxes]),
-            size=size,
-            mean=self.image_processor.image_mean,
-            std=self.image_processor.image_std,
-        )  # (N, 3, 224, 224)
-        features = encode_clip(self.image_encoder, pixels, self._execution_device)  # (N, 257, 1280)
-        if features.shape[1] != self.transformer.config.image_context_tokens:
-            raise ValueError(
-                f"the image encoder gives {features.shape[1]} tokens per image but the transformer's "
-                f"image_context_tokens is {self.transformer.config.image_context_tokens}"
-            )
-        return pack_clip_tokens(features, self.transformer.config.num_reference_slots)  # (1, 4*257, 1280)
+        canvases = torch.stack([b.canvas for b in boxes])  # (N, 3, H, W)
+        return encode_reference_tokens(
+            self.image_encoder,
+            self.image_processor,
+            canvases,
+            self.transformer.config,
+            self._execution_device,
+        )  # (1, 4 * 257, 1280)
 
     def prepare_condition(
         self, boxes: list[Letterboxed], num_frames: int, height: int, width: int
@@ -317,83 +264,31 @@ class BindWeavePipeline(DiffusionPipeline, BindWeaveLoraLoaderMixin, SpeedOption
 
         ``generator`` draws the fresh noise of the ``lightx2v-lcm`` update (unused by the others).
         """
-        device = latents.device
-        kind = get_sampler(sampler)
-        if kind.update == "unipc":
-            self.prepare_timesteps(num_inference_steps, device)
-            timesteps, sigmas = self.scheduler.timesteps, None
-        else:
-            sigmas, timesteps = self.sampling_table(kind, num_inference_steps)
-            timesteps = timesteps.to(device)
+        plan = SamplingPlan.build(get_sampler(sampler), self.scheduler, num_inference_steps, latents.device)
         self._prepare_step_cache(num_inference_steps)
         reuse_context = (
             context_kv_cache(self.transformer) if self._context_kv_cache else contextlib.nullcontext()
         )
         with self.progress_bar(total=num_inference_steps) as progress_bar, reuse_context:
-            for i, t in enumerate(timesteps):
+            for i, t in enumerate(plan.timesteps):
                 if self.interrupt:
                     break
-                timestep = t.expand(latents.shape[0]).to(device)
                 velocity = guided_velocity(
                     self.transformer,
                     latents,
-                    timestep,
+                    t.expand(latents.shape[0]).to(latents.device),
                     cond,
                     uncond,
                     guidance_scale,
                     batch_cfg=self._batch_cfg,
                     dtype=self._sampling_dtype,
                 )
-                velocity = velocity.to(self._sampling_dtype)
-                if kind.update == "unipc":
-                    latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
-                elif kind.update == "euler":
-                    latents = euler_step(latents, velocity, sigmas[i].item(), sigmas[i + 1].item())
-                else:  # lcm: fresh float32 noise for the next sigma, none after the last step (LightX2V's)
-                    last = i == len(timesteps) - 1
-                    noise = None if last else randn_tensor(
-                        latents.shape, generator=generator, device=device, dtype=torch.float32
-                    )  # fmt: skip
-                    latents = lcm_step(latents, velocity, sigmas[i].item(), sigmas[i + 1].item(), noise)
+                latents = plan.step(i, latents, velocity.to(self._sampling_dtype), generator)
                 if callback_on_step_end is not None:
                     outputs = callback_on_step_end(self, i, t, {"latents": latents})
                     latents = outputs.pop("latents", latents)
                 progress_bar.update()
         return latents
-
-    def prepare_timesteps(self, num_inference_steps: int, device: torch.device | None = None) -> None:
-        """Set the scheduler to the released sigma table (diffusers 0.33.1's, spec 3) for this many steps.
-
-        The grid is passed explicitly, so the table does not change with the installed diffusers; the table
-        the scheduler ends up with is checked, so a diffusers that treats explicit sigmas differently fails
-        here instead of silently sampling another table.
-        """
-        config = self.scheduler.config
-        shift, train_steps = config.flow_shift, config.num_train_timesteps
-        self.scheduler.set_timesteps(
-            sigmas=released_sigma_grid(num_inference_steps, train_steps), device=device
-        )
-        sigmas, timesteps = released_sampling_sigmas(num_inference_steps, shift, train_steps)
-        if not (
-            torch.equal(self.scheduler.sigmas.cpu(), sigmas)
-            and torch.equal(self.scheduler.timesteps.cpu(), timesteps)
-        ):
-            raise RuntimeError(
-                f"{type(self.scheduler).__name__} of the installed diffusers did not take the released sigma "
-                f"table (first timesteps {self.scheduler.timesteps[:3].tolist()}, expected "
-                f"{timesteps[:3].tolist()}): the scheduler must shift explicit flow sigmas with flow_shift"
-            )
-
-    def sampling_table(self, sampler: Sampler, num_inference_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(sigmas, timesteps)`` of a non-UniPC sampler: ``(steps + 1,)`` sigmas ending in 0, ``(steps,)``.
-
-        The released table at the scheduler's ``flow_shift`` (the timesteps UniPC takes), or LightX2V's at
-        shift 5 (:func:`bindweave.flow.lightx2v_sampling_sigmas`).
-        """
-        config = self.scheduler.config
-        if sampler.table == "lightx2v":
-            return lightx2v_sampling_sigmas(num_inference_steps, LIGHTX2V_SHIFT, config.num_train_timesteps)
-        return released_sampling_sigmas(num_inference_steps, config.flow_shift, config.num_train_timesteps)
 
     def decode(self, latents: torch.Tensor, output_type: str):
         if output_type == "latent":

@@ -55,3 +55,30 @@ def pack_clip_tokens(features: torch.Tensor, num_slots: int) -> torch.Tensor:
     packed = features.new_zeros(1, num_slots * tokens, dim)
     packed[0, : n * tokens] = features.reshape(n * tokens, dim)
     return packed
+
+
+def encode_reference_tokens(
+    image_encoder: torch.nn.Module,
+    image_processor,
+    canvases: torch.Tensor,
+    transformer_config,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """The DiT's image context from letterboxed canvases ``(N, 3, H, W)`` in [0, 1] (spec 2.2).
+
+    Resized to the encoder's input size and normalised with ``image_processor``'s mean and std, encoded,
+    and packed into ``transformer_config.num_reference_slots`` slots: ``(1, 4 * 257, 1280)`` when released.
+    """
+    pixels = clip_pixel_values(
+        canvases,
+        size=image_encoder.config.image_size,
+        mean=image_processor.image_mean,
+        std=image_processor.image_std,
+    )  # (N, 3, 224, 224)
+    features = encode_clip(image_encoder, pixels, device)  # (N, 257, 1280)
+    if features.shape[1] != transformer_config.image_context_tokens:
+        raise ValueError(
+            f"the image encoder gives {features.shape[1]} tokens per image but the transformer's "
+            f"image_context_tokens is {transformer_config.image_context_tokens}"
+        )
+    return pack_clip_tokens(features, transformer_config.num_reference_slots)

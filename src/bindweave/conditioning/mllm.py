@@ -11,6 +11,7 @@ when torchvision is installed: transformers' torchvision backend resizes differe
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from pathlib import Path
 import PIL.Image
 import torch
 from transformers import AutoImageProcessor, ProcessorMixin, Qwen2_5_VLProcessor
+
+logger = logging.getLogger(__name__)
 
 # Appended to the negative prompt for the MLLM branch only, as the released negative states were made.
 MLLM_NEGATIVE_SUFFIX = ",motionless, frozen, still image, no movement, stationary, unmoving"
@@ -184,3 +187,39 @@ def load_mllm_states(source: torch.Tensor | str | os.PathLike, mllm_dim: int, na
             f"matching the transformer's mllm_dim={mllm_dim}"
         )
     return states
+
+
+def branch_states(
+    mllm: torch.nn.Module | None,
+    processor: ProcessorMixin | None,
+    mllm_dim: int,
+    texts: tuple[str, str],
+    images: Sequence[PIL.Image.Image],
+    given: tuple[torch.Tensor | str | os.PathLike | None, torch.Tensor | str | os.PathLike | None],
+    do_cfg: bool,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Positive and negative states, each ``(1, L, mllm_dim)``: the ``given`` ones, else computed.
+
+    ``texts``: what the MLLM reads in each branch (the negative one ends in :data:`MLLM_NEGATIVE_SUFFIX`).
+    Without CFG there is no negative branch; negative states given anyway are still checked, then unused.
+    """
+    names = ("mllm_hidden_states", "negative_mllm_hidden_states")
+
+    def states_for(branch: int) -> torch.Tensor:
+        if given[branch] is not None:
+            return load_mllm_states(given[branch], mllm_dim, name=names[branch])
+        if mllm is None or processor is None:
+            raise ValueError(
+                f"{names[branch]} were not given and the pipeline has no mllm / mllm_processor to compute them"
+            )
+        states = encode_mllm(mllm, processor, texts[branch], images, device)
+        return load_mllm_states(states, mllm_dim, name=names[branch])
+
+    positive = states_for(0)
+    if do_cfg:
+        return positive, states_for(1)
+    if given[1] is not None:  # unused, but a wrong one is still a mistake
+        load_mllm_states(given[1], mllm_dim, name=names[1])
+        logger.warning("negative_mllm_hidden_states have no effect at guidance_scale 1 (no negative branch)")
+    return positive, None
