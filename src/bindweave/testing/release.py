@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from diffusers import (
     AutoencoderKLWan,
     UniPCMultistepScheduler,
@@ -33,15 +31,14 @@ from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
-    PreTrainedTokenizerBase,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2VLImageProcessorPil,
     UMT5Config,
     UMT5EncoderModel,
 )
 
-from bindweave.testing.tokenizers import CORPUS, build_qwen2_tokenizer, build_umt5_tokenizer
+from bindweave.conditioning.clip import CLIP_MEAN, CLIP_STD
+from bindweave.testing.seeding import seeded
+from bindweave.testing.tiny_qwen import TINY_HEADS, TINY_MLLM_DIM, write_qwen2_5_vl
+from bindweave.testing.tokenizers import CORPUS, build_umt5_tokenizer
 
 __all__ = [
     "CLIP_MEAN",
@@ -59,22 +56,13 @@ __all__ = [
     "write_wan_i2v",
 ]
 
-#: CLIP normalisation (spec 2.2); also the Qwen2.5-VL image processor's mean/std.
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-
 TINY_TEXT_DIM = 32  # umT5 d_model (real: 4096)
-TINY_MLLM_DIM = 32  # Qwen2.5-VL hidden size (real: 3584)
 TINY_CLIP_DIM = 32  # CLIP vision hidden size (real: 1280)
 TINY_CLIP_IMAGE_SIZE = 32  # (real: 224)
 TINY_CLIP_PATCH_SIZE = 8  # (real: 14)
 TINY_CLIP_TOKENS = (TINY_CLIP_IMAGE_SIZE // TINY_CLIP_PATCH_SIZE) ** 2 + 1  # 17 incl. CLS (real: 257)
 
-_TINY_HEADS = 4  # attention heads of the umT5 and Qwen2.5-VL text towers
 _DIT_SHARDS = 3  # the BindWeave DiT is split into (about) this many safetensors shards
-
-# Offsets mixed into the seed so each component's weights do not depend on build order.
-_SEED_OFFSETS = {"text_encoder": 1, "image_encoder": 2, "vae": 3, "transformer": 4, "connector": 5, "mllm": 6}
 
 
 @dataclass(frozen=True)
@@ -165,18 +153,18 @@ def write_wan_i2v(
 ) -> WanTransformer3DModel:
     """Write a tiny ``Wan2.1-I2V-14B-720P-Diffusers`` folder; returns its transformer."""
     tokenizer = build_umt5_tokenizer(corpus=corpus)
-    with _seeded(seed, "text_encoder"):
+    with seeded(seed, "text_encoder"):
         text_encoder = _tiny_umt5_encoder(len(tokenizer), text_dim)
-    with _seeded(seed, "image_encoder"):
+    with seeded(seed, "image_encoder"):
         image_encoder = _tiny_clip_vision()
-    with _seeded(seed, "vae"):
+    with seeded(seed, "vae"):
         vae = _tiny_wan_vae(seed)
     stock_kwargs = {
         k: v
         for k, v in tiny_transformer_kwargs(text_dim, TINY_CLIP_DIM).items()
         if k not in _BINDWEAVE_ONLY_KWARGS
     }
-    with _seeded(seed, "transformer"):
+    with seeded(seed, "transformer"):
         transformer = WanTransformer3DModel(**stock_kwargs)
     pipeline = WanImageToVideoPipeline(
         tokenizer=tokenizer,
@@ -194,15 +182,15 @@ def write_wan_i2v(
 
 def _tiny_umt5_encoder(vocab_size: int, text_dim: int) -> UMT5EncoderModel:
     """umT5-XXL's encoder structure (gated-GELU FFN, per-layer relative bias), with tiny sizes."""
-    if text_dim % _TINY_HEADS:
-        raise ValueError(f"text_dim must be divisible by {_TINY_HEADS}, got {text_dim}")
+    if text_dim % TINY_HEADS:
+        raise ValueError(f"text_dim must be divisible by {TINY_HEADS}, got {text_dim}")
     config = UMT5Config(
         vocab_size=vocab_size,
         d_model=text_dim,
-        d_kv=text_dim // _TINY_HEADS,
+        d_kv=text_dim // TINY_HEADS,
         d_ff=64,
         num_layers=2,
-        num_heads=_TINY_HEADS,
+        num_heads=TINY_HEADS,
         relative_attention_num_buckets=32,
         relative_attention_max_distance=128,
         feed_forward_proj="gated-gelu",
@@ -293,7 +281,7 @@ def write_bindweave_transformer(
 
     config = wan_transformer.config
     kwargs = tiny_transformer_kwargs(config.text_dim, config.image_dim, mllm_dim)
-    with _seeded(seed, "connector"):
+    with seeded(seed, "connector"):
         model = BindWeaveTransformer3DModel(**kwargs)
     missing, unexpected = model.load_state_dict(wan_transformer.state_dict(), strict=False)
     if unexpected or any(not key.startswith("condition_embedder.text_projector.") for key in missing):
@@ -307,102 +295,3 @@ def write_bindweave_transformer(
         raise RuntimeError(f"expected a sharded checkpoint in {folder}")
     if not with_config:
         (folder / "config.json").unlink()
-
-
-# ---------------------------------------------------------------------------------------------- Qwen2.5-VL
-
-
-def write_qwen2_5_vl(
-    folder: Path, *, mllm_dim: int = TINY_MLLM_DIM, seed: int = 0, corpus: Sequence[str] = CORPUS
-) -> None:
-    """Write a tiny ``Qwen2.5-VL-7B-Instruct`` folder: model, tokenizer + chat template, image processor.
-
-    ``Qwen2_5_VLProcessor`` itself cannot be built without torchvision (its video processor needs it),
-    so its parts are saved one by one, giving the same files.
-    """
-    tokenizer = build_qwen2_tokenizer(corpus=corpus)
-    with _seeded(seed, "mllm"):
-        model = Qwen2_5_VLForConditionalGeneration(_tiny_qwen2_5_vl_config(tokenizer, mllm_dim)).eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    _qwen2_vl_image_processor().save_pretrained(folder)
-
-
-def _tiny_qwen2_5_vl_config(tokenizer: PreTrainedTokenizerBase, mllm_dim: int) -> Qwen2_5_VLConfig:
-    """Qwen2.5-VL-7B's config shrunk: 2+2 layers, GQA 4/2 heads, M-RoPE split like 16:24:24."""
-    head_dim = mllm_dim // _TINY_HEADS
-    if mllm_dim % _TINY_HEADS or head_dim % 2 or head_dim // 2 < 3:
-        raise ValueError(f"mllm_dim must be a multiple of {2 * _TINY_HEADS} and >= 24, got {mllm_dim}")
-    token_id = tokenizer.convert_tokens_to_ids
-    text_config = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": mllm_dim,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": _TINY_HEADS,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 128000,
-        "max_window_layers": 2,
-        "rms_norm_eps": 1e-6,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 1000000.0,
-            "mrope_section": _mrope_section(head_dim),
-        },
-        "bos_token_id": token_id("<|endoftext|>"),
-        "eos_token_id": token_id("<|im_end|>"),
-        "pad_token_id": token_id("<|endoftext|>"),
-    }
-    vision_config = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 4,
-        "out_hidden_size": mllm_dim,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "window_size": 112,
-        "fullatt_block_indexes": [1],
-        "tokens_per_second": 2,
-    }
-    return Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=token_id("<|image_pad|>"),
-        video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"),
-        vision_end_token_id=token_id("<|vision_end|>"),
-        tie_word_embeddings=False,
-    )
-
-
-def _mrope_section(head_dim: int) -> list[int]:
-    """Split ``head_dim / 2`` rotary frequencies over (t, h, w) like the real [16, 24, 24] of 64."""
-    half = head_dim // 2
-    temporal = max(1, half // 4)
-    height = (half - temporal) // 2
-    return [temporal, height, half - temporal - height]
-
-
-def _qwen2_vl_image_processor() -> Qwen2VLImageProcessorPil:
-    """Qwen2.5-VL's image preprocessor; ``size`` holds min/max pixels (3136 / 12845056) in transformers 5."""
-    return Qwen2VLImageProcessorPil(
-        size={"shortest_edge": 3136, "longest_edge": 12845056},
-        patch_size=14,
-        merge_size=2,
-        temporal_patch_size=2,
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
-    )
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-@contextmanager
-def _seeded(seed: int, component: str) -> Iterator[None]:
-    """Seed torch for one component's initialisation without disturbing the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed * 16 + _SEED_OFFSETS[component])
-        yield
