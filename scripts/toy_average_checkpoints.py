@@ -1,10 +1,11 @@
 """Average the DiT weights of several checkpoints of one run into a pipeline folder (docs/toy-world.md).
 
 At a constant learning rate the newest checkpoint carries the optimizer's step noise; the mean of the last
-few (stochastic weight averaging) removes much of it without training. The output is a pipeline folder
-that ``bindweave toy-eval`` / ``toy land`` read: every component but the DiT is a link to the first
-checkpoint's (resolved, so the folder stays valid when that checkpoint is rotated away, as long as the
-run's ``frozen/`` folder stays).
+few (stochastic weight averaging) is meant to remove some of it without training (on the toy's long run it
+did not help the subjects: docs/toy-world.md). The output is a pipeline folder that ``bindweave toy-eval``
+reads: every component but the DiT is a link to those of ``--pipeline`` (default: the first checkpoint),
+resolved, so the folder stays valid when that checkpoint is rotated away, as long as the run's ``frozen/``
+folder stays.
 
     .venv/bin/python scripts/toy_average_checkpoints.py --out runs/toy-long/avg-2500 \\
         runs/toy-long/train/checkpoint-002500 runs/toy-long/history/checkpoint-002250 ...
