@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 
 from bindweave.io.video import read_video
-from bindweave.toy.dataset import read_scenes, toy_scene, write_toy_dataset
+from bindweave.toy.dataset import read_scenes, toy_scene, write_scenes, write_toy_dataset
 from bindweave.toy.sprites import PATTERNS, SHAPES, Sprite, draw_sprite, random_sprite, reference_image
 from bindweave.toy.world import (
     BACKGROUNDS,
@@ -125,3 +125,14 @@ def test_dataset_is_a_valid_training_manifest_and_resumes(tmp_path):
     stamp = first_video.stat().st_mtime_ns
     write_toy_dataset(tmp_path, 6, split="heldout", seed=3)  # a rerun keeps finished samples
     assert first_video.stat().st_mtime_ns == stamp
+
+
+def test_write_scenes_writes_the_given_scenes_in_order(tmp_path):
+    scenes = [toy_scene(5, "train", i) for i in (7, 2)]
+    manifest = read_clip_manifest(write_scenes(tmp_path, iter(scenes)))
+    assert read_scenes(tmp_path / "scenes.jsonl") == scenes
+    assert [clip.prompt for clip in manifest.clips] == [scene.prompt for scene in scenes]
+    frames, _ = read_video(manifest.clips[1].video)
+    assert np.abs(frames.astype(int) - render_clip(scenes[1]).astype(int)).mean() < 8
+    with pytest.raises(ValueError, match="no scenes"):
+        write_scenes(tmp_path / "empty", iter(()))

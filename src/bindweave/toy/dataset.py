@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -29,7 +30,7 @@ from .world import Scene, render_clip, toy_scene
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ToyDataConfig", "read_scenes", "run_toy_data", "toy_scene", "write_toy_dataset"]
+__all__ = ["ToyDataConfig", "read_scenes", "run_toy_data", "toy_scene", "write_scenes", "write_toy_dataset"]
 
 FPS = 16
 
@@ -61,18 +62,32 @@ def write_toy_dataset(out: Path, num_clips: int, *, split: str = "train", seed: 
     """Write ``num_clips`` samples of ``split`` to ``out``; returns the manifest path."""
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    scenes = (toy_scene(seed, split, index) for index in range(num_clips))
+    manifest = write_scenes(out, scenes, total=num_clips, desc=f"toy {split} samples")
+    logger.info("wrote %d %s samples to %s", num_clips, split, out)
+    return manifest
+
+
+def write_scenes(
+    out: Path, scenes: Iterable[Scene], *, total: int | None = None, desc: str = "toy samples"
+) -> Path:
+    """Write ``scenes`` (sample i: ``clips/{i:06d}.mp4`` ...) and their two JSONL files; returns the manifest.
+
+    A sample whose files exist is kept as it is (resuming), so rerun into the same folder only with the
+    same scenes, as a seeded source gives.
+    """
     out = Path(out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     (out / "references").mkdir(exist_ok=True)
-    entries, scenes = [], []
-    for index in tqdm(range(num_clips), desc=f"toy {split} samples", unit="clip"):
-        scene = toy_scene(seed, split, index)
+    entries, written = [], []
+    for index, scene in enumerate(tqdm(scenes, total=total, desc=desc, unit="clip")):
         entries.append(_write_sample(out, index, scene))
-        scenes.append(scene.to_dict())
-    atomic_write_text(out / "scenes.jsonl", "".join(json.dumps(s) + "\n" for s in scenes))
+        written.append(scene.to_dict())
+    if not entries:
+        raise ValueError("no scenes to write")
+    atomic_write_text(out / "scenes.jsonl", "".join(json.dumps(s) + "\n" for s in written))
     manifest = out / "manifest.jsonl"
     atomic_write_text(manifest, "".join(json.dumps(e) + "\n" for e in entries))
-    logger.info("wrote %d %s samples to %s", num_clips, split, out)
     return manifest
 
 
