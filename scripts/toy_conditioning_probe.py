@@ -5,7 +5,9 @@ clip latents' energy: with the clip's own conditioning, with the next clip's ref
 tokens) and with the next clip's prompt (umT5 and MLLM states); the identity ``x0 = x_t`` for scale. A model
 that uses a stream loses accuracy when it is swapped. The last two columns are how far each swap moves the
 prediction itself (the same fraction): a stream read but not yet useful moves it without costing accuracy,
-and the sprites are too small a part of the latents for their error to show early.
+and the sprites are too small a part of the latents for their error to show early. ``--window N`` counts
+only the central N x N latent pixels of every frame (where scripts/toy_centred_data.py puts a still subject),
+and ``--cache`` probes another cache made with the same settings.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/toy_conditioning_probe.py runs/toy-long/train/checkpoint-002000
 """
@@ -31,11 +33,15 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path, help="a checkpoint or pipeline folder (its transformer/)")
     parser.add_argument("--config", type=Path, default=Path("configs/toy-long.yaml"), help="the run's config")
     parser.add_argument("--clips", type=int, default=8, help="cached clips probed (every 37th)")
+    parser.add_argument(
+        "--cache", type=Path, help="the feature cache probed (default: the config's first stage's)"
+    )
+    parser.add_argument("--window", type=int, help="count only the central N x N latent pixels of each frame")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     config = load_train_config(args.config)
-    cache = FeatureCache(config.stages[0].cache, feature_settings(config.data, config.seed))
+    cache = FeatureCache(args.cache or config.stages[0].cache, feature_settings(config.data, config.seed))
     clips = [cache.load(cache.clips[i * 37 % len(cache.clips)]) for i in range(args.clips)]
     transformer = BindWeaveTransformer3DModel.from_pretrained(args.checkpoint / "transformer").eval()
     generator = torch.Generator().manual_seed(0)
@@ -55,11 +61,13 @@ def main() -> None:
             x0 = clip.latents[None]
             s = torch.tensor([sigma])
             x_t = add_noise(x0, torch.randn(x0.shape, generator=generator), s)
-            energy = x0.pow(2).sum()
             with torch.no_grad():
                 predictions = [
                     x_t - sigma * predict_velocity(transformer, x_t, s * 1000, c).float() for c in variants
                 ]
+            if args.window:
+                x0, x_t, *predictions = (_centre(x, args.window) for x in (x0, x_t, *predictions))
+            energy = x0.pow(2).sum()
             for i, x0_hat in zip((0, 2, 3), predictions, strict=True):
                 errors[i] += (x0_hat - x0).pow(2).sum() / energy
             errors[1] += (x_t - x0).pow(2).sum() / energy
@@ -70,6 +78,12 @@ def main() -> None:
             f"{sigma:.2f}   {e[0]:.4f}   {e[1]:.4f}    {e[2]:.4f}        {e[3]:.4f}         | "
             f"{e[4]:.4f}         {e[5]:.4f}"
         )
+
+
+def _centre(latents: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size x size`` latent pixels of every frame of ``(B, C, F, H, W)`` latents."""
+    top, left = (latents.shape[-2] - size) // 2, (latents.shape[-1] - size) // 2
+    return latents[..., top : top + size, left : left + size]
 
 
 if __name__ == "__main__":
