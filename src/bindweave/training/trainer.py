@@ -54,6 +54,7 @@ from .distributed import (
     all_reduce_sum,
     barrier,
     global_grad_norm,
+    has_fast_bf16,
     init_distributed,
     shard_transformer,
     shutdown_distributed,
@@ -140,6 +141,8 @@ class Trainer:
             )
         self.compute_dtype = torch.bfloat16 if config.precision == "bf16" else None
         logger.info("training on %s, compute dtype %s", ctx.device, self.compute_dtype or torch.float32)
+        if self.compute_dtype is not None and not has_fast_bf16(ctx.device):
+            logger.warning("precision bf16: this CPU has no bf16 kernels, so it is emulated; fp32 is faster")
         seed_everything(config.seed + ctx.rank)
 
         # 1. Pretrained components. Trainable weights are float32 masters; a LoRA base stays in the
@@ -169,12 +172,9 @@ class Trainer:
             self.transformer.to(ctx.device)
         # Collected after sharding: FSDP2 replaces every parameter with its sharded DTensor.
         self.params = [p for p in self.transformer.parameters() if p.requires_grad]
+        adamw = config.optimizer
         self.optimizer = torch.optim.AdamW(
-            self.params,
-            lr=config.stages[0].lr,
-            betas=tuple(config.optimizer.betas),
-            eps=config.optimizer.eps,
-            weight_decay=config.optimizer.weight_decay,
+            self.params, config.stages[0].lr, tuple(adamw.betas), adamw.eps, adamw.weight_decay
         )
         self.objective = FlowMatchingObjective(
             shift=config.objective.shift, loss_weighting=config.objective.loss_weighting
