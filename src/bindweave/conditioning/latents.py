@@ -15,7 +15,7 @@ MASK_CHANNELS = 4
 
 
 def latent_frame_count(num_frames: int, temporal_compression: int = 4) -> int:
-    """Latent frames of a ``4k + 1``-frame video: ``(num_frames - 1) / 4 + 1``."""
+    """Latent frames of a ``tk + 1``-frame video (``t``: the VAE's temporal compression): ``(num_frames - 1) / t + 1``."""
     if num_frames < 1 or (num_frames - 1) % temporal_compression != 0:
         raise ValueError(f"num_frames must be {temporal_compression}k + 1 (e.g. 81), got {num_frames}")
     return (num_frames - 1) // temporal_compression + 1
@@ -88,7 +88,7 @@ def zero_video_condition(
 
     Returns ``(4 + z, F', h, w)``. The causal VAE makes each latent frame differ, so it is encoded for real.
     """
-    latent_frame_count(num_frames)
+    latent_frame_count(num_frames, vae.config.scale_factor_temporal)
     param = next(vae.parameters())
     video = torch.zeros(1, 3, num_frames, height, width, device=device or param.device, dtype=param.dtype)
     latents = encode_video(vae, video, device)[0]  # (z, F', h, w)

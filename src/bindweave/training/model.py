@@ -11,15 +11,16 @@ import logging
 import torch
 from peft import LoraConfig
 
+from bindweave.conditioning.latents import latent_frame_count
 from bindweave.models import BindWeaveTransformer3DModel
 from bindweave.pipeline import BindWeavePipeline
 
-from .config import ConfigError, LoRAConfig, ModelConfig
+from .config import ConfigError, DataConfig, LoRAConfig, ModelConfig
 from .features import DTYPES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONNECTOR_PREFIX", "configure_trainable", "load_pipeline"]
+__all__ = ["CONNECTOR_PREFIX", "configure_trainable", "dit_tokens_per_clip", "load_pipeline"]
 
 #: Parameter-name prefix of the MLLM connector (Linear 3584->4096, GELU-tanh, Linear 4096->4096).
 CONNECTOR_PREFIX = "condition_embedder.text_projector."
@@ -98,3 +99,15 @@ def configure_trainable(
     total = sum(p.numel() for p in transformer.parameters())
     logger.info("trainable (%s): %d / %d parameters (%.2f%%)", trainable, count, total, 100 * count / total)
     return params
+
+
+def dit_tokens_per_clip(pipe: BindWeavePipeline, data: DataConfig) -> int:
+    """The DiT's sequence length for one clip of ``data``'s size, its reference slots included."""
+    cfg, spatial = pipe.transformer.config, pipe.vae_scale_factor_spatial
+    frames = latent_frame_count(data.num_frames, pipe.vae_scale_factor_temporal)
+    _, patch_h, patch_w = cfg.patch_size
+    return (
+        (cfg.num_reference_slots + frames)
+        * (data.height // spatial // patch_h)
+        * (data.width // spatial // patch_w)
+    )

@@ -31,7 +31,6 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from bindweave.conditioning.latents import latent_frame_count
 from bindweave.interrupt import interrupt_message
 from bindweave.io.files import atomic_write_json
 from bindweave.perf.cross_attention import install_fast_cross_attention
@@ -62,7 +61,7 @@ from .distributed import (
 from .features import DTYPES, FeatureBatch, FeatureEncoder, collate_features, condition_dropped
 from .manifest import read_clip_manifest
 from .metrics import MetricsLogger
-from .model import configure_trainable, load_pipeline
+from .model import configure_trainable, dit_tokens_per_clip, load_pipeline
 from .objective import FlowMatchingObjective, build_lr_scheduler
 from .validation import Validator
 
@@ -212,13 +211,7 @@ class Trainer:
             )
         self.metrics = MetricsLogger(self.output_dir, ctx, config.logging.tensorboard, self.state.step)
 
-        cfg, spatial = self.transformer.config, self.pipe.vae_scale_factor_spatial
-        latent_h, latent_w = config.data.height // spatial, config.data.width // spatial
-        self.tokens_per_clip = (
-            (cfg.num_reference_slots + latent_frame_count(config.data.num_frames))
-            * (latent_h // cfg.patch_size[1])
-            * (latent_w // cfg.patch_size[2])
-        )  # DiT sequence length, reference slots included
+        self.tokens_per_clip = dit_tokens_per_clip(self.pipe, config.data)
 
     # ------------------------------------------------------------------ setup helpers
 
