@@ -15,7 +15,8 @@ MASK_CHANNELS = 4
 
 
 def latent_frame_count(num_frames: int, temporal_compression: int = 4) -> int:
-    """Latent frames of a ``tk + 1``-frame video (``t``: the VAE's temporal compression): ``(num_frames - 1) / t + 1``."""
+    """Latent frames of a ``t k + 1``-frame video, ``t`` the VAE's temporal compression:
+    ``(num_frames - 1) / t + 1``."""
     if num_frames < 1 or (num_frames - 1) % temporal_compression != 0:
         raise ValueError(f"num_frames must be {temporal_compression}k + 1 (e.g. 81), got {num_frames}")
     return (num_frames - 1) // temporal_compression + 1

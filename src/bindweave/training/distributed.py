@@ -83,8 +83,8 @@ def init_distributed(timeout_minutes: float = 30.0, *, group_of_one: bool = Fals
 
 
 def has_fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast runs natively on ``device``: any CUDA device; a CPU only with oneDNN's bf16
-    kernels (AVX-512 and up). Elsewhere it is emulated: the toy DiT's step took 7x fp32's on an AVX2 CPU."""
+    """Whether bf16 autocast runs natively on ``device``: off the CPU, yes; on it, only with oneDNN's bf16
+    kernels (AVX-512 and up). Otherwise it is emulated: the toy DiT's step took 7x fp32's on an AVX2 CPU."""
     return device.type != "cpu" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
