@@ -3,7 +3,7 @@
 An experiment for docs/toy-world.md ("The long run"): the long run's DiT reads its prompt but ignores its
 references. A reference is letterboxed into the centre of its slot, while the world's subjects start in the
 grid's cells and move, so copying one means looking up a sprite at another place. A subject that stays
-still in the centre cell sits where its reference does (the same latent tokens, 4 to 16 frames later), the
+still in the centre cell sits where its reference does (the same latent tokens, 4 to 20 frames later), the
 easiest copy there is; the world has few of them (only still subjects may start there, 1 in ~70 subjects).
 These scenes are the world's own (``sample_scene``), with the first subject's cell and motion replaced and
 the prompt drawn again; a scene whose centre another subject holds is skipped.

@@ -39,17 +39,14 @@ def mix_caches(out: Path, caches: list[Path]) -> dict:
     shutil.copyfile(caches[0] / SETTINGS_NAME, out / SETTINGS_NAME)
     if conditions:
         shutil.copyfile(shared[0], out / SHARED_VIDEO_CONDITION)
-    clips = []
+    clips, skipped = [], []
     for k, (cache, index) in enumerate(zip(caches, indexes, strict=True)):
         for clip in index["clips"]:
             file = os.path.relpath((cache / clip["file"]).resolve(), out.resolve())
             clips.append({**clip, "line": k * LINES_PER_CACHE + clip["line"], "file": file})
-    mixed = {
-        **indexes[0],
-        "manifest": [index["manifest"] for index in indexes],
-        "clips": clips,
-        "skipped": [],
-    }
+        skipped += [{**skip, "line": k * LINES_PER_CACHE + skip["line"]} for skip in index["skipped"]]
+    manifests = [index["manifest"] for index in indexes]
+    mixed = {**indexes[0], "manifest": manifests, "clips": clips, "skipped": skipped}
     atomic_write_json(out / INDEX_NAME, mixed)
     return mixed
 
