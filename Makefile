@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= outputs
 
-.PHONY: install demo test lint clean toy-model toy-long toy-land gpu-wheels gpu-check
+.PHONY: install demo test lint clean toy-model toy-long toy-continue toy-land gpu-wheels gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,10 +47,18 @@ toy-model: $(STAMP)
 toy-long: $(STAMP)
 	BIN=$(BIN) scripts/toy-long.sh
 
-# The end of a part: ship the long run's newest checkpoint if it beats the shipped model (fidelity and direction
-# accuracy, each beyond a standard error of the paired difference on 16 held-out scenes); runs/toy-long/land.
+# One part of the shipped model's continued training on its own VAE (configs/toy-continue.yaml), ending with
+# `toy land`: resumes from runs/toy-continue, or starts from the shipped model on a new machine; 1 thread.
+toy-continue: $(STAMP)
+	BIN=$(BIN) scripts/toy-continue.sh
+
+# The end of a part: ship the run's newest checkpoint if it beats the shipped model (fidelity and direction
+# accuracy, each beyond a standard error of the paired difference on the held-out scenes); TOY_RUN/land.
+# `make toy-land` lands the long run, `make toy-land TOY_RUN=runs/toy-continue` the continued one.
+TOY_RUN ?= runs/toy-long
+TOY_LAND_SAMPLES ?= 16
 toy-land: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/bindweave toy land runs/toy-long/train --out runs/toy-long/land
+	OMP_NUM_THREADS=1 $(BIN)/bindweave toy land $(TOY_RUN)/train --out $(TOY_RUN)/land --num-samples $(TOY_LAND_SAMPLES)
 
 # The GPU check (docs/performance.md, "Checking a GPU node"). gpu-wheels runs where the package registries are:
 # it downloads the wheels an offline CUDA node lacks (diffusers, av, ftfy, wcwidth: 41 MiB, CPython 3.12,

@@ -6,6 +6,9 @@ and VAE; the joined index refers to their clip files by relative path, and cache
 ``n`` becomes line ``k * 1_000_000 + n``.
 
     .venv/bin/python scripts/toy_mix_caches.py --out runs/toy-mixed/cache runs/toy-long/cache runs/toy-centred/cache
+
+``--num-references N`` keeps only the clips with N references (one cache filtered: the one-subject run of the
+eighth part).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from bindweave.training.cache import INDEX_NAME, SETTINGS_NAME, SHARED_VIDEO_CON
 LINES_PER_CACHE = 1_000_000
 
 
-def mix_caches(out: Path, caches: list[Path]) -> dict:
-    """Write ``out``'s settings, shared condition and index over ``caches``; returns the index."""
+def mix_caches(out: Path, caches: list[Path], num_references: int | None = None) -> dict:
+    """Write ``out``'s settings, shared condition and index over ``caches`` (only their clips with
+    ``num_references`` references, if given); returns the index."""
     indexes = [json.loads((cache / INDEX_NAME).read_text(encoding="utf-8")) for cache in caches]
     for cache, index in zip(caches[1:], indexes[1:], strict=True):
         if index["settings"] != indexes[0]["settings"]:
@@ -42,6 +46,8 @@ def mix_caches(out: Path, caches: list[Path]) -> dict:
     clips, skipped = [], []
     for k, (cache, index) in enumerate(zip(caches, indexes, strict=True)):
         for clip in index["clips"]:
+            if num_references is not None and clip["num_references"] != num_references:
+                continue
             file = os.path.relpath((cache / clip["file"]).resolve(), out.resolve())
             clips.append({**clip, "line": k * LINES_PER_CACHE + clip["line"], "file": file})
         skipped += [{**skip, "line": k * LINES_PER_CACHE + skip["line"]} for skip in index["skipped"]]
@@ -55,8 +61,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the joined cache's folder")
     parser.add_argument("caches", type=Path, nargs="+", help="finished caches (bindweave precompute)")
+    parser.add_argument("--num-references", type=int, help="keep only the clips with this many references")
     args = parser.parse_args()
-    index = mix_caches(args.out, args.caches)
+    index = mix_caches(args.out, args.caches, args.num_references)
     print(f"{len(index['clips'])} clips from {len(args.caches)} caches in {args.out}")
 
 

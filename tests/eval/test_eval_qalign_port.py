@@ -33,6 +33,17 @@ FIXTURE = Path(__file__).parent / "fixtures" / "qalign_tiny"
 LOGIT_ATOL = 4e-3
 
 
+@pytest.fixture(autouse=True)
+def fixture_fp16_kernels(monkeypatch):
+    """Run the fixture's fp16 arithmetic with torch's own CPU kernels, as it was made.
+
+    oneDNN computes fp16 matmuls differently on a CPU with AVX512-FP16 (measured on one: the window logits
+    up to 0.0205, ~10 fp16 ulps, from the fixture's; with ``ONEDNN_MAX_CPU_ISA=AVX512_CORE`` or oneDNN off,
+    bit for bit equal), so the comparison would measure the CPU instead of the port.
+    """
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+
+
 @pytest.fixture(scope="module")
 def expected():
     from safetensors.torch import load_file

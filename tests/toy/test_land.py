@@ -50,6 +50,10 @@ def _folders(tmp_path):
     return tmp_path / "train", shipped
 
 
+def _step(model):
+    return json.loads((model / "model_index.json").read_text())["step"]
+
+
 @pytest.mark.parametrize(
     ("candidate_fidelity", "replace", "landed"), [(0.5, True, True), (0.3, True, False), (0.5, False, False)]
 )
@@ -58,10 +62,11 @@ def test_the_shipped_folder_is_replaced_only_by_a_winner(
 ):
     train, shipped = _folders(tmp_path)
     scored = {}
+    shipped_digest = land.folder_digest(shipped)[:12]
 
-    def fake_scores(model, config, out):
-        step = json.loads((model / "model_index.json").read_text())["step"]
-        scored[out.name] = step
+    def fake_scores(model, config, out, guidance_scale=None, world_seed=0):
+        step = _step(model)
+        scored[out.name] = (step, guidance_scale, world_seed)
         if step == 0:
             return rows([0.3, 0.32, 0.28], [0.2, 0.1, 0.3])
         return rows(
@@ -72,11 +77,58 @@ def test_the_shipped_folder_is_replaced_only_by_a_winner(
     record = run_toy_land(
         ToyLandConfig(train_dir=train, out=tmp_path / "land", shipped=shipped, replace=replace)
     )
+    # the newest checkpoint against the shipped one, both at their saved scale on world 0; the one default
+    # scale is saved in the candidate without scoring
     assert scored == {
-        "eval-candidate": 20,
-        "eval-shipped": 0,
-    }  # the newest checkpoint against the shipped one
+        "eval-candidate": (20, None, 0),
+        f"eval-shipped-{shipped_digest}": (0, None, 0),
+    }
     assert record["landed"] is landed
     assert json.loads((tmp_path / "land" / "land.json").read_text())["landed"] is landed
-    assert json.loads((shipped / "model_index.json").read_text())["step"] == (20 if landed else 0)
+    assert _step(shipped) == (20 if landed else 0)
     assert not (shipped / STATE_DIR).exists()
+    candidate_index = json.loads((tmp_path / "land" / "checkpoint-000020" / "model_index.json").read_text())
+    assert candidate_index["default_guidance_scale"] == 1.0
+
+
+def test_the_guidance_scale_is_chosen_on_other_scenes_and_saved(tmp_path, monkeypatch):
+    train, shipped = _folders(tmp_path)
+    compared_at = {}
+
+    def fake_scores(model, config, out, guidance_scale=None, world_seed=0):
+        if _step(model) == 0:
+            return rows([0.3, 0.3], [0.2, 0.2])
+        if world_seed == 1:  # the selection: fidelity + direction 0.9 at scale 1, 1.1 at 3, 1.0 at 5
+            total = {1.0: 0.9, 3.0: 1.1, 5.0: 1.0}[guidance_scale]
+            return rows([0.4, 0.4], [total - 0.4, total - 0.4])
+        compared_at["scale"] = json.loads((model / "model_index.json").read_text())["default_guidance_scale"]
+        return rows([0.5, 0.6], [0.5, 0.6])
+
+    monkeypatch.setattr(land, "_scores", fake_scores)
+    record = run_toy_land(
+        ToyLandConfig(
+            train_dir=train, out=tmp_path / "land", shipped=shipped, guidance_scales=[1.0, 3.0, 5.0]
+        )
+    )
+    assert record["guidance_selection"]["chosen"] == 3.0 and compared_at["scale"] == 3.0
+    assert sorted(record["guidance_selection"]["means"]) == ["1.0", "3.0", "5.0"]
+    assert json.loads((shipped / "model_index.json").read_text())["default_guidance_scale"] == 3.0  # landed
+
+
+def test_the_shipped_scores_are_keyed_by_its_files(tmp_path):
+    _, shipped = _folders(tmp_path)
+    before = land.folder_digest(shipped)
+    assert land.folder_digest(shipped) == before
+    (shipped / "model_index.json").write_text(json.dumps({"step": 1}))
+    assert land.folder_digest(shipped) != before
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("guidance_scales", []), ("guidance_scales", [0.5]), ("num_samples", 1)]
+)
+def test_bad_settings_are_refused_before_any_work(tmp_path, field, value):
+    train, shipped = _folders(tmp_path)
+    config = ToyLandConfig(train_dir=train, out=tmp_path / "land", shipped=shipped, **{field: value})
+    with pytest.raises(ValueError, match=field.replace("_", "-")):
+        run_toy_land(config)
+    assert not (tmp_path / "land").exists()

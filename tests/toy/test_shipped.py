@@ -21,7 +21,7 @@ from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE, TOY_STEPS
 
 @pytest.fixture(scope="module")
 def shipped():
-    return BindWeavePipeline.from_pretrained(default_model_path(), torch_dtype=torch.float32)
+    return BindWeavePipeline.from_pretrained(default_model_path(), dtype=torch.float32)
 
 
 def test_the_shipped_model_is_a_small_safetensors_pipeline_folder():
@@ -35,7 +35,7 @@ def test_the_shipped_model_is_a_small_safetensors_pipeline_folder():
 
 def test_the_shipped_model_loads_at_the_toy_size(shipped):
     assert {k: shipped.config[f"default_{k}"] for k in TOY_SIZE} == TOY_SIZE
-    assert shipped.config.default_guidance_scale == TOY_GUIDANCE
+    assert shipped.config.default_guidance_scale >= TOY_GUIDANCE  # 1.0, or the scale `toy land` chose
     assert shipped.config.default_num_inference_steps == TOY_STEPS == 20
     assert shipped.vae.config.scale_factor_spatial == 4
     assert not any(p.isnan().any() for p in shipped.transformer.parameters())

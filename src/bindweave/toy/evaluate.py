@@ -242,7 +242,7 @@ def run_toy_eval(config: ToyEvalConfig) -> dict[str, dict[str, float]]:
     if not (config.model / "model_index.json").is_file():
         raise FileNotFoundError(f"--model {config.model}: no model_index.json (not a saved pipeline folder)")
     ensure_writable_dir(config.out / "table.md")
-    pipe = BindWeavePipeline.from_pretrained(config.model, torch_dtype=torch.float32)
+    pipe = BindWeavePipeline.from_pretrained(config.model, dtype=torch.float32)
     rows = toy_eval_rows(pipe, config)
     results = {row.label: row.scores for row in rows}
     table = format_table(results, {row.label: row for row in rows} if config.is_sweep else None)

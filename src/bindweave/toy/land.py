@@ -6,10 +6,16 @@ The end of each part of the long run (``make toy-land``): the newest checkpoint 
 folder only if it is better on **fidelity and direction accuracy, each by more than the standard error of
 the paired per-sample difference**. So an improvement is never lost, and noise never ships. The decision
 and both score sets are written to ``<out>/land.json``.
+
+With several ``--guidance-scales``, the candidate is first scored at each on another world's held-out scenes
+(``--selection-seed``), and the best (the largest fidelity + direction accuracy) is saved in its
+``model_index.json`` as ``default_guidance_scale``: the comparison then uses scenes the choice never saw.
+The shipped model is scored at its own saved scale; its scores are reused only while its files are unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -20,7 +26,7 @@ from typing import Any
 from bindweave.config import field
 from bindweave.io.files import atomic_folder, atomic_write_json
 
-__all__ = ["LANDING_METRICS", "ToyLandConfig", "compare", "run_toy_land"]
+__all__ = ["LANDING_METRICS", "ToyLandConfig", "compare", "folder_digest", "run_toy_land"]
 
 LANDING_METRICS = ("fidelity", "direction_accuracy")
 MAX_SHIPPED_BYTES = 20 * 2**20  # the package's model folder stays small
@@ -39,9 +45,24 @@ class ToyLandConfig:
     )
     num_samples: int = field(16, help="held-out samples scored for each model")
     steps: int = field(15, help="sampling steps of each sample")
+    guidance_scales: list[float] = field(
+        default_factory=lambda: [1.0],
+        help="guidance scales to choose the candidate's saved default from (the best on --selection-seed)",
+    )
+    selection_seed: int = field(1, help="world seed of the scenes the guidance scale is chosen on")
     replace: bool = field(
         True, help="replace the shipped folder when the candidate wins (--no-replace: only report)"
     )
+
+    def validate(self) -> None:
+        from bindweave.generate_config import check_guidance
+
+        if self.num_samples < 2:
+            raise ValueError(f"--num-samples: need >= 2 for a standard error, got {self.num_samples}")
+        if not self.guidance_scales:
+            raise ValueError("--guidance-scales: give at least one scale")
+        for scale in self.guidance_scales:
+            check_guidance(scale, "--guidance-scales")
 
 
 def compare(
@@ -69,6 +90,7 @@ def run_toy_land(config: ToyLandConfig) -> dict[str, Any]:
 
     from .export import export_pipeline
 
+    config.validate()
     shipped = config.shipped or default_model_path()
     checkpoint = find_latest_checkpoint(config.train_dir)
     if checkpoint is None:
@@ -76,9 +98,11 @@ def run_toy_land(config: ToyLandConfig) -> dict[str, Any]:
     candidate = config.out / checkpoint.name
     if not (candidate / "model_index.json").is_file():
         export_pipeline(checkpoint, candidate)
+    selection = _choose_guidance(candidate, config)
     scores = {
-        name: _scores(model, config, config.out / f"eval-{name}")
-        for name, model in (("candidate", candidate), ("shipped", shipped))
+        "candidate": _scores(candidate, config, config.out / "eval-candidate"),
+        # keyed by the shipped files, so scores of a model since replaced are never reused
+        "shipped": _scores(shipped, config, config.out / f"eval-shipped-{folder_digest(shipped)[:12]}"),
     }
     verdict = compare(scores["candidate"], scores["shipped"])
     wins = all(v["better"] for v in verdict.values())
@@ -92,6 +116,7 @@ def run_toy_land(config: ToyLandConfig) -> dict[str, Any]:
         "shipped": str(shipped),
         "num_samples": config.num_samples,
         "steps": config.steps,
+        "guidance_selection": selection,
         "comparison": verdict,
         "candidate_bytes": size,
         "landed": landed,
@@ -102,14 +127,58 @@ def run_toy_land(config: ToyLandConfig) -> dict[str, Any]:
     return record
 
 
-def _scores(model: Path, config: ToyLandConfig, out: Path) -> list[dict[str, float]]:
-    """Per-sample ``trained`` scores of ``model`` (``toy-eval`` reuses them when rerun with the same settings)."""
+def folder_digest(folder: Path) -> str:
+    """SHA-256 of every file's relative path and bytes under ``folder`` (a pipeline folder: a few MB)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _choose_guidance(candidate: Path, config: ToyLandConfig) -> dict[str, Any]:
+    """Score ``candidate`` at each of ``config.guidance_scales`` on the selection world and save the best
+    (fidelity + direction accuracy, summed means; the first on a tie) as its ``default_guidance_scale``;
+    a single scale is saved without scoring."""
+    scales, means = config.guidance_scales, {}
+    if len(scales) > 1:
+        for scale in scales:
+            out = config.out / f"eval-candidate-guidance-{scale:g}-world-{config.selection_seed}"
+            rows = _scores(candidate, config, out, guidance_scale=scale, world_seed=config.selection_seed)
+            means[scale] = _means(rows)
+    best = max(scales, key=lambda g: sum(means[g][m] for m in LANDING_METRICS)) if means else scales[0]
+    index_path = candidate / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["default_guidance_scale"] = best
+    atomic_write_json(index_path, index)
+    return {
+        "world_seed": config.selection_seed,
+        "chosen": best,
+        "means": {str(g): m for g, m in means.items()},
+    }
+
+
+def _scores(
+    model: Path,
+    config: ToyLandConfig,
+    out: Path,
+    guidance_scale: float | None = None,
+    world_seed: int = 0,
+) -> list[dict[str, float]]:
+    """Per-sample ``trained`` scores of ``model`` (``toy-eval`` reuses them when rerun with the same settings);
+    ``guidance_scale`` None is the model's own."""
     from .config import ToyEvalConfig
     from .evaluate import run_toy_eval
 
     run_toy_eval(
         ToyEvalConfig(
-            model=model, variants=["trained"], num_samples=config.num_samples, steps=[config.steps], out=out
+            model=model,
+            variants=["trained"],
+            num_samples=config.num_samples,
+            steps=[config.steps],
+            guidance_scale=guidance_scale,
+            world_seed=world_seed,
+            out=out,
         )
     )
     return json.loads((out / "trained.json").read_text())["scores"]
@@ -121,6 +190,9 @@ def _means(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def _summary(record: dict[str, Any], wins: bool, size: int) -> str:
     lines = [f"candidate {record['checkpoint']} vs shipped {record['shipped']}:"]
+    selection = record["guidance_selection"]
+    if len(selection["means"]) > 1:
+        lines.append(f"  guidance scale {selection['chosen']:g} (best on world {selection['world_seed']})")
     for metric, v in record["comparison"].items():
         lines.append(
             f"  {metric}: {v['difference']:+.3f} +- {v['standard_error']:.3f} ({'better' if v['better'] else 'not better'})"
