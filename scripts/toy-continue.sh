@@ -39,7 +39,8 @@ for _ in $(seq "$PARTS"); do
   "$BIN/bindweave" train "$CONFIG"
   last=$(finished_checkpoint)
   [ -n "$last" ] || { echo "the part stopped before its last step: $RUN/train" >&2; exit 1; }
-  "$BIN/bindweave" toy land "$RUN/train" --shipped "$SHIPPED" --out "$RUN/land/part-$part" --num-samples "$SAMPLES" --guidance-scales 1 2 3
+  "$BIN/bindweave" toy land "$RUN/train" --shipped "$SHIPPED" --out "$RUN/land/part-$part" \
+    --num-samples "$SAMPLES" --guidance-scales 1 2 3
   # The part's final DiT becomes the next part's start (swapped in before the part is filed away, so an
   # interruption here repeats the swap rather than losing it).
   rm -rf "$RUN/base/transformer.next" && cp -rL "$last/transformer" "$RUN/base/transformer.next"
