@@ -19,6 +19,7 @@ from bindweave.toy.world import (
     SPEED,
     Scene,
     render_clip,
+    render_subject_mask,
     trajectory,
 )
 from bindweave.training.manifest import read_clip_manifest
@@ -120,11 +121,27 @@ def test_dataset_is_a_valid_training_manifest_and_resumes(tmp_path):
         assert frames.shape == (NUM_FRAMES, FRAME_SIZE, FRAME_SIZE, 3) and fps == 16
         # Highest-quality H.264: close to the rendered clip (chroma is subsampled).
         assert np.abs(frames.astype(int) - render_clip(scene).astype(int)).mean() < 8
+        mask_frames, _ = read_video(clip.subject_mask)  # white on the subjects, exactly after the codec
+        assert np.array_equal(mask_frames.mean(axis=-1) > 127, render_subject_mask(scene))
 
     first_video = manifest.clips[0].video
     stamp = first_video.stat().st_mtime_ns
     write_toy_dataset(tmp_path, 6, split="heldout", seed=3)  # a rerun keeps finished samples
     assert first_video.stat().st_mtime_ns == stamp
+
+
+def test_the_subject_mask_is_where_the_clip_differs_from_its_background():
+    checked = 0
+    for index in range(20):
+        scene = toy_scene(0, "train", index)
+        clip, mask = render_clip(scene), render_subject_mask(scene)
+        off_background = (clip != np.array(scene.background_rgb, np.uint8)).any(axis=-1)
+        sprite_colours = {tuple(c) for s in scene.subjects for c in draw_sprite(s.sprite)[0].reshape(-1, 3)}
+        if tuple(scene.background_rgb) in sprite_colours:
+            continue  # a sprite pixel of the background's colour would hide in the clip
+        assert np.array_equal(mask, off_background) and mask.shape == (NUM_FRAMES, FRAME_SIZE, FRAME_SIZE)
+        checked += 1
+    assert checked >= 10
 
 
 def test_write_scenes_writes_the_given_scenes_in_order(tmp_path):

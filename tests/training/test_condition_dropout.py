@@ -124,9 +124,9 @@ def test_training_swaps_in_the_negative_prompt_for_the_drawn_clips(
     seen = []
     loss = trainer.objective.loss
 
-    def spy(transformer, latents, cond, noise, index, padding=None):
+    def spy(transformer, latents, cond, noise, index, padding=None, subject_mask=None):
         seen.append(cond)
-        return loss(transformer, latents, cond, noise, index, padding)
+        return loss(transformer, latents, cond, noise, index, padding, subject_mask)
 
     trainer.objective.loss = spy
     try:

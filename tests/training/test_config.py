@@ -68,6 +68,7 @@ RECIPES = {
     "toy.yaml": ([2e-3, 2e-4, 2e-3, 2e-4], 0.0, 1.0, 1e-8, "mild", "inference"),
     "toy-long.yaml": ([1e-3, 2e-4], 0.0, 1.0, 1e-8, "mild", "inference"),
     "toy-continue.yaml": ([1e-3, 2e-4], 0.0, 1.0, 1e-8, "mild", "inference"),
+    "toy-subject.yaml": ([1e-3, 2e-4], 0.0, 1.0, 1e-8, "mild", "inference"),
 }
 
 
@@ -87,9 +88,14 @@ def test_every_shipped_config_loads_with_its_recipe():
         assert config.data.augment.enabled and not config.data.first_frame_condition, name
         assert config.optimizer.betas == [0.9, 0.999], name
         # Only the toy's long runs leave the release's loss weights (the 2x VAE's DiT cannot learn its prompt
-        # with them; the continued shipped model learns no worse with flat ones).
-        weighting = "uniform" if name in ("toy-long.yaml", "toy-continue.yaml") else "released"
+        # with them; the continued shipped model learns no worse with flat ones), and only toy-subject and
+        # toy-long weigh the subjects' latents more.
+        weighting = (
+            "uniform" if name in ("toy-long.yaml", "toy-continue.yaml", "toy-subject.yaml") else "released"
+        )
+        subject_weight = 10.0 if name in ("toy-long.yaml", "toy-subject.yaml") else 1.0
         assert (config.objective.shift, config.objective.loss_weighting) == (5.0, weighting), name
+        assert config.objective.subject_weight == subject_weight, name
 
 
 def test_the_released_recipe_mirrors_the_released_script():

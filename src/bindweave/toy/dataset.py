@@ -5,6 +5,7 @@ Layout of the output folder::
     manifest.jsonl                the training manifest (bindweave.training.manifest format)
     scenes.jsonl                  line i: the Scene of manifest line i (ground truth for scoring)
     clips/000042.mp4              17 frames, 64 x 64, 16 fps, H.264 at the highest quality
+    masks/000042.mp4              the clip's subject mask (white on the subjects), the same frames
     references/000042_0.png       subject 0 as a user would crop it (sprite on white) ...
     references/000042_0_mask.png  ... and its mask (white on the subject)
 
@@ -19,6 +20,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from bindweave.io.files import atomic_write, atomic_write_text
@@ -26,7 +28,7 @@ from bindweave.io.video import write_video
 
 from .config import ToyDataConfig
 from .sprites import reference_image
-from .world import Scene, render_clip, toy_scene
+from .world import Scene, render_clip, render_subject_mask, toy_scene
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def _save_png(image, path: Path) -> None:
 def _write_sample(out: Path, index: int, scene: Scene) -> dict:
     """Write one sample's files (unless all exist) and return its manifest entry."""
     stem = f"{index:06d}"
-    video = Path("clips") / f"{stem}.mp4"
+    video, subject_mask = Path("clips") / f"{stem}.mp4", Path("masks") / f"{stem}.mp4"
     references = []
     for k, subject in enumerate(scene.subjects):
         image_path = Path("references") / f"{stem}_{k}.png"
@@ -55,7 +57,15 @@ def _write_sample(out: Path, index: int, scene: Scene) -> dict:
         references.append({"image": image_path.as_posix(), "mask": mask_path.as_posix()})
     if not (out / video).is_file():
         write_video(render_clip(scene), out / video, fps=FPS, quality=10)
-    return {"video": video.as_posix(), "prompt": scene.prompt, "references": references}
+    if not (out / subject_mask).is_file():
+        white = np.repeat(render_subject_mask(scene)[..., None], 3, axis=-1).astype(np.uint8) * 255
+        write_video(white, out / subject_mask, fps=FPS, quality=10)
+    return {
+        "video": video.as_posix(),
+        "prompt": scene.prompt,
+        "references": references,
+        "subject_mask": subject_mask.as_posix(),
+    }
 
 
 def write_toy_dataset(out: Path, num_clips: int, *, split: str = "train", seed: int = 0) -> Path:
@@ -79,6 +89,7 @@ def write_scenes(
     out = Path(out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     (out / "references").mkdir(exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
     entries, written = [], []
     for index, scene in enumerate(tqdm(scenes, total=total, desc=desc, unit="clip")):
         entries.append(_write_sample(out, index, scene))

@@ -205,6 +205,16 @@ def render_clip(scene: Scene, num_frames: int = NUM_FRAMES) -> np.ndarray:
     return frames
 
 
+def render_subject_mask(scene: Scene, num_frames: int = NUM_FRAMES) -> np.ndarray:
+    """Where the clip's subjects are: ``(num_frames, FRAME_SIZE, FRAME_SIZE)`` bool, the union of their masks."""
+    masks = np.zeros((num_frames, FRAME_SIZE, FRAME_SIZE), bool)
+    for subject in scene.subjects:
+        _, mask = draw_sprite(subject.sprite)
+        for frame, (y, x) in zip(masks, trajectory(subject, num_frames), strict=True):
+            _paste(frame, mask, mask, y, x)
+    return masks
+
+
 def _paste(frame: np.ndarray, rgb: np.ndarray, mask: np.ndarray, y: int, x: int) -> None:
     """Paste a masked sprite at top-left ``(y, x)``, clipped to the frame."""
     h, w = mask.shape

@@ -117,10 +117,17 @@ class ObjectiveConfig:
     loss_weighting: Literal["released", "uniform"] = field(
         "released", help="per-timestep loss weight: the release's bell over the table, or 1 everywhere"
     )
+    subject_weight: float = field(
+        1.0,
+        help="loss weight of the latent elements on a subject (manifest 'subject_mask') against the "
+        "background's 1 (the release: 1.0, a plain MSE)",
+    )
 
     def validate(self, where: str) -> None:
         if self.shift <= 0:
             raise ConfigError(f"{where}.shift: must be > 0, got {self.shift}")
+        if self.subject_weight <= 0:
+            raise ConfigError(f"{where}.subject_weight: must be > 0, got {self.subject_weight}")
 
 
 @dataclasses.dataclass

@@ -32,7 +32,7 @@ from .augment import augment_reference, augment_rng
 from .config import DataConfig
 from .manifest import ClipManifest, ClipRecord
 from .subjects import BACKGROUND_RGB, load_subject
-from .video import ClipError, read_training_clip
+from .video import ClipError, read_subject_mask, read_training_clip
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class RawClip:
     prompt: str
     video: torch.Tensor  # (3, F, H, W) in [-1, 1]
     references: list[PIL.Image.Image]  # 1-4 subject cut-outs, augmented, RGB
+    subject_mask: torch.Tensor | None = None  # (F, H, W) bool, True where a subject is
 
 
 @dataclass(frozen=True)
@@ -178,12 +179,14 @@ class ClipDataset(StageDataset[RawClip]):
         record, data = self.records[index], self.data
         window = np.random.default_rng(np.random.SeedSequence([self.seed, record.line, epoch, 0xF4A3]))
         start = window.random() if data.frame_start == "random" else 0.0
+        window_args = (data.num_frames, data.fps, data.height, data.width, start)
         try:
-            video = read_training_clip(
-                record.video, data.num_frames, data.fps, data.height, data.width, start
-            )
+            video = read_training_clip(record.video, *window_args)
         except ClipError as err:
             raise ClipError(f"{record.video}: {err}") from err
+        subject_mask = None
+        if record.subject_mask is not None:
+            subject_mask = read_subject_mask(record.subject_mask, record.video, *window_args)
         fill = BACKGROUND_RGB[data.subject_background]
         references = [
             augment_reference(
@@ -196,7 +199,13 @@ class ClipDataset(StageDataset[RawClip]):
             )
             for i, ref in enumerate(record.references)
         ]
-        return RawClip(line=record.line, prompt=record.prompt, video=video, references=references)
+        return RawClip(
+            line=record.line,
+            prompt=record.prompt,
+            video=video,
+            references=references,
+            subject_mask=subject_mask,
+        )
 
 
 def _keep_list(samples: list[Any]) -> list[Any]:

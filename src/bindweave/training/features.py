@@ -22,6 +22,8 @@ the two cannot drift apart.
   training registers a first-frame I2V processor but never applies it) the clip's first frame is an I2V
   condition: its CLIP tokens follow the references' tokens, and the video part of the VAE condition
   holds its latent with mask 1 on latent frame 0 (Wan I2V style), instead of the grey video.
+- A clip with a subject mask (manifest ``subject_mask``) carries it at the latents' resolution
+  (:func:`latent_subject_mask`), for ``objective.subject_weight``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ __all__ = [
     "FeatureEncoder",
     "collate_features",
     "condition_dropped",
+    "latent_subject_mask",
     "released_mllm_images",
 ]
 
@@ -78,6 +81,8 @@ class ClipFeatures:
         condition: ``(4 + z, slots + F', h, w)`` reference slots and video part of the VAE condition.
         negative_mllm: ``(L', mllm_dim)`` MLLM states of the negative prompt with the same references
             (only with condition dropout), else ``None``.
+        subject_mask: ``(F', h, w)`` 1 on the latent elements a subject touches, 0 elsewhere (only for a
+            clip with a subject mask), else ``None``.
     """
 
     latents: torch.Tensor
@@ -86,9 +91,10 @@ class ClipFeatures:
     mllm: torch.Tensor
     condition: torch.Tensor
     negative_mllm: torch.Tensor | None = None
+    subject_mask: torch.Tensor | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The tensors by field name; an absent ``negative_mllm`` is left out."""
+        """The tensors by field name; an absent ``negative_mllm`` or ``subject_mask`` is left out."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     def cast(self, dtype: torch.dtype) -> ClipFeatures:
@@ -128,6 +134,7 @@ class FeatureBatch:
     padding: ContextPadding | None
     lines: list[int]  # manifest lines of the clips
     positions: list[int]  # positions of the clips in the stage's sample stream (they key the noise)
+    subject_mask: torch.Tensor | None = None  # (B, F', h, w) when every clip has one
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -139,6 +146,7 @@ class FeatureBatch:
             padding=self.padding,
             lines=self.lines,
             positions=self.positions,
+            subject_mask=None if self.subject_mask is None else self.subject_mask.to(device),
         )
 
     def padded(self, transformer: torch.nn.Module) -> AbstractContextManager:
@@ -146,16 +154,50 @@ class FeatureBatch:
         return nullcontext() if self.padding is None else padded_context(transformer, self.padding)
 
 
-def collate_features(items: list[ClipFeatures], lines: list[int], positions: list[int]) -> FeatureBatch:
-    """Stack clips; MLLM states of unequal length are zero-padded to the longest (see :class:`FeatureBatch`)."""
+def collate_features(
+    items: list[ClipFeatures], lines: list[int], positions: list[int], need_subject_mask: bool = False
+) -> FeatureBatch:
+    """Stack clips; MLLM states of unequal length are zero-padded to the longest (see :class:`FeatureBatch`).
+
+    The batch has a subject mask when every clip has one.
+
+    Raises:
+        ValueError: when ``need_subject_mask`` and a clip has none (the message names its manifest lines).
+    """
     cond, padding = batch_conditionings([item.conditioning() for item in items])
+    masks = [item.subject_mask for item in items]
+    missing = [line for line, mask in zip(lines, masks, strict=True) if mask is None]
+    if need_subject_mask and missing:
+        raise ValueError(
+            f"objective.subject_weight needs a subject mask for every clip, but the clips on manifest "
+            f"line(s) {missing} have none: add 'subject_mask' to their lines and precompute into a new "
+            "cache folder, or set objective.subject_weight to 1"
+        )
     return FeatureBatch(
         latents=torch.stack([item.latents for item in items]),
         cond=cond,
         padding=padding,
         lines=list(lines),
         positions=list(positions),
+        subject_mask=torch.stack(masks) if all(m is not None for m in masks) else None,
     )
+
+
+def latent_subject_mask(mask: torch.Tensor, temporal: int, spatial: int) -> torch.Tensor:
+    """A clip's subject mask ``(F, H, W)`` on its latent grid ``(F', H / spatial, W / spatial)``, float 0/1.
+
+    A latent element is marked when any pixel it encodes is: the Wan VAE encodes frame 0 alone and then
+    ``temporal`` frames per latent frame, each ``spatial`` x ``spatial`` pixels per element.
+    """
+    frames, height, width = mask.shape
+    if (frames - 1) % temporal or height % spatial or width % spatial:
+        raise ValueError(
+            f"subject mask of {frames} x {height} x {width}: expected {temporal}k + 1 frames and a size "
+            f"divisible by {spatial}"
+        )
+    pooled = F.max_pool2d(mask.float()[:, None], spatial)[:, 0]  # (F, h, w)
+    rest = pooled[1:].unflatten(0, (-1, temporal)).amax(dim=1)  # (F' - 1, h, w)
+    return torch.cat([pooled[:1], rest])  # (F', h, w)
 
 
 def condition_dropped(seed: int, stage: int, position: int, probability: float) -> bool:
@@ -218,6 +260,11 @@ class FeatureEncoder:
         else:
             image = pipe.encode_clip_tokens(boxes)[0]  # (slots * T, image_dim)
             condition = pipe.prepare_condition(boxes, num_frames, height, width)[0]  # (4+z, S+F', h, w)
+        subject_mask = None
+        if clip.subject_mask is not None:
+            subject_mask = latent_subject_mask(
+                clip.subject_mask, pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
+            )  # (F', h, w)
         features = ClipFeatures(
             latents=latents,
             text=text[0],
@@ -225,6 +272,7 @@ class FeatureEncoder:
             mllm=mllm,
             condition=condition,
             negative_mllm=negative_mllm,
+            subject_mask=subject_mask,
         )
         return features.cast(self.dtype)
 

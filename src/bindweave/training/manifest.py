@@ -9,6 +9,9 @@ Format (paths are relative to the manifest's folder unless absolute)::
 - ``references``: 1 to 4 subjects, in the order the prompt mentions them. A ``mask`` (optional) is a
   greyscale image of the same size as ``image``, white (> 127) on the subject: the subject is cut out with
   it (see :mod:`bindweave.training.subjects`). Without a mask the image is used as it is.
+- ``subject_mask`` (optional): a video of the same frames as ``video`` (count, rate, size), white (> 127)
+  where a subject is. Only ``objective.subject_weight`` reads it (the loss weighs those places more);
+  the features keep it at the latents' resolution.
 - Blank lines are ignored. A clip's identity is its 1-based line number: it seeds the clip's augmentation
   and frame window and names its cache file, so it is stable across processes, runs and resumes.
 
@@ -54,6 +57,7 @@ class ClipRecord:
     video: Path
     prompt: str
     references: tuple[ReferenceRecord, ...]
+    subject_mask: Path | None = None  # a video, white where a subject is
 
     @property
     def clip_id(self) -> str:
@@ -131,9 +135,11 @@ def parse_clip_line(text: str, line: int, base_dir: Path) -> ClipRecord:
         raise ManifestError(f"invalid JSON: {err.msg} (column {err.colno})") from None
     if not isinstance(entry, dict):
         raise ManifestError(f"expected a JSON object, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - {"video", "prompt", "references"})
+    unknown = sorted(set(entry) - {"video", "prompt", "references", "subject_mask"})
     if unknown:
-        raise ManifestError(f"unknown key(s) {unknown}; expected 'video', 'prompt', 'references'")
+        raise ManifestError(
+            f"unknown key(s) {unknown}; expected 'video', 'prompt', 'references' (and 'subject_mask')"
+        )
 
     video = _existing_file(entry, "video", base_dir)
     prompt = entry.get("prompt")
@@ -155,7 +161,12 @@ def parse_clip_line(text: str, line: int, base_dir: Path) -> ClipRecord:
         image = _existing_file(ref, "image", base_dir, f"references[{i}].")
         mask = None if ref.get("mask") is None else _existing_file(ref, "mask", base_dir, f"references[{i}].")
         references.append(ReferenceRecord(image=image, mask=mask))
-    return ClipRecord(line=line, video=video, prompt=prompt, references=tuple(references))
+    subject_mask = (
+        None if entry.get("subject_mask") is None else _existing_file(entry, "subject_mask", base_dir)
+    )
+    return ClipRecord(
+        line=line, video=video, prompt=prompt, references=tuple(references), subject_mask=subject_mask
+    )
 
 
 def _existing_file(entry: dict[str, Any], key: str, base_dir: Path, prefix: str = "") -> Path:

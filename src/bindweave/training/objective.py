@@ -8,6 +8,9 @@ and the stage's learning-rate schedule (linear warmup, then constant: :func:`bui
   the sampler); the prediction is :func:`bindweave.denoiser.predict_velocity`, the sampler's call.
 - Loss: the MSE over the video latents (the model already drops the reference slots), per sample,
   times the released weight of its timestep (:func:`bindweave.flow.loss_weights`; or 1), averaged.
+  With ``subject_weight`` w != 1 (not in the release) each sample's MSE is a weighted mean instead: a
+  latent element its subject mask marks counts w times a background one, so small subjects are not
+  drowned by the background they sit on.
 - A batch whose MLLM states were padded to its longest clip carries a
   :class:`~bindweave.perf.cross_attention.ContextPadding`; each sample's cross-attention must skip its
   padding rows, so the loss requires the caller to be inside ``padded_context`` for it (a scope the
@@ -31,20 +34,26 @@ from bindweave.perf.cross_attention import ContextPadding, fast_processors
 
 from .config import StageConfig
 
-__all__ = ["FlowMatchingObjective", "LossOutput", "build_lr_scheduler"]
+__all__ = ["FlowMatchingObjective", "LossOutput", "build_lr_scheduler", "subject_weighted_mean"]
 
 
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar: weighted MSE averaged over the batch
-    per_sample: torch.Tensor  # (B,) unweighted MSE of each sample
+    per_sample: torch.Tensor  # (B,) MSE of each sample (subject-weighted; no timestep weight)
     timesteps: torch.Tensor  # (B,)
 
 
 class FlowMatchingObjective:
     """The timestep table and its loss weights, and the loss itself."""
 
-    def __init__(self, num_timesteps: int = 1000, shift: float = 5.0, loss_weighting: str = "released"):
+    def __init__(
+        self,
+        num_timesteps: int = 1000,
+        shift: float = 5.0,
+        loss_weighting: str = "released",
+        subject_weight: float = 1.0,
+    ):
         # float64 tables; each lookup is cast to float32 on the compute device.
         self.sigmas = training_sigmas(num_timesteps, shift)  # (T,) from 1 down, shifted
         self.timesteps = sigma_to_timestep(self.sigmas)  # (T,) in (0, 1000]
@@ -54,6 +63,9 @@ class FlowMatchingObjective:
             self.weights = torch.ones_like(self.timesteps)
         else:
             raise ValueError(f"loss_weighting: expected 'released' or 'uniform', got {loss_weighting!r}")
+        if subject_weight <= 0:
+            raise ValueError(f"subject_weight: must be > 0, got {subject_weight}")
+        self.subject_weight = subject_weight
 
     def draw(
         self, shape: tuple[int, ...], seed: int, stage: int, positions: list[int]
@@ -75,14 +87,17 @@ class FlowMatchingObjective:
         noise: torch.Tensor,
         index: torch.Tensor,
         padding: ContextPadding | None = None,
+        subject_mask: torch.Tensor | None = None,
     ) -> LossOutput:
         """Weighted flow-matching loss of ``latents`` ``(B, z, F', h, w)`` noised with ``noise`` at ``index``.
 
         ``padding``: the batch's MLLM padding rows (:attr:`FeatureBatch.padding
         <bindweave.training.features.FeatureBatch.padding>`); it must be the one active on the transformer.
+        ``subject_mask``: ``(B, F', h, w)``, 1 where a subject is; needed when ``subject_weight`` != 1.
 
         Raises:
-            ValueError: when ``padding`` is given but ``padded_context(transformer, padding)`` is not active.
+            ValueError: when ``padding`` is given but ``padded_context(transformer, padding)`` is not active,
+                or ``subject_weight`` != 1 and no ``subject_mask`` is given.
         """
         if padding is not None:
             active = {processor.context_padding for processor in fast_processors(transformer)}
@@ -100,11 +115,32 @@ class FlowMatchingObjective:
         x_t = add_noise(x0, noise, sigma)
         target = velocity_target(x0, noise)
         prediction = predict_velocity(transformer, x_t, timestep, cond)  # (B, z, F', h, w)
-        per_sample = (prediction.float() - target).pow(2).flatten(1).mean(dim=1)  # (B,)
+        error = (prediction.float() - target).pow(2)  # (B, z, F', h, w)
+        if self.subject_weight == 1:
+            per_sample = error.flatten(1).mean(dim=1)  # (B,)
+        else:
+            if subject_mask is None:
+                raise ValueError(
+                    f"subject_weight is {self.subject_weight}, but the batch has no subject mask: every clip "
+                    "needs one ('subject_mask' in its manifest line, precomputed into a new cache folder)"
+                )
+            per_sample = subject_weighted_mean(
+                error, subject_mask.to(device, torch.float32), self.subject_weight
+            )
         weights = self.weights[index].to(device, torch.float32)  # (B,)
         return LossOutput(
             loss=(per_sample * weights).mean(), per_sample=per_sample.detach(), timesteps=timestep
         )
+
+
+def subject_weighted_mean(
+    error: torch.Tensor, subject_mask: torch.Tensor, subject_weight: float
+) -> torch.Tensor:
+    """Per-sample mean of ``error`` ``(B, z, F', h, w)`` with weight ``subject_weight`` where ``subject_mask``
+    ``(B, F', h, w)`` is 1 and 1 elsewhere (the same for every channel), normalised by the weights: ``(B,)``."""
+    weight = 1.0 + (subject_weight - 1.0) * subject_mask[:, None]  # (B, 1, F', h, w)
+    weight = weight.expand_as(error)
+    return (weight * error).flatten(1).sum(dim=1) / weight.flatten(1).sum(dim=1)
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig) -> LambdaLR:

@@ -176,7 +176,9 @@ class Trainer:
             self.params, config.stages[0].lr, tuple(adamw.betas), adamw.eps, adamw.weight_decay
         )
         self.objective = FlowMatchingObjective(
-            shift=config.objective.shift, loss_weighting=config.objective.loss_weighting
+            shift=config.objective.shift,
+            loss_weighting=config.objective.loss_weighting,
+            subject_weight=config.objective.subject_weight,
         )
 
         # 3. Frozen encoders: on the device when a stage encodes clips online or validation prompts need
@@ -314,7 +316,8 @@ class Trainer:
             else item
             for item, sample in zip(items, samples, strict=True)
         ]
-        return collate_features(items, [s.line for s in samples], [s.key.position for s in samples])
+        lines, positions = [s.line for s in samples], [s.key.position for s in samples]
+        return collate_features(items, lines, positions, need_subject_mask=self.objective.subject_weight != 1)
 
     def _optimizer_step(self, batches: Iterator[list[Sample]], stage_index: int) -> StepResult:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches."""
@@ -333,7 +336,13 @@ class Trainer:
             with batch.padded(self.transformer):
                 with self.compute_context():
                     output = self.objective.loss(
-                        self.transformer, batch.latents, batch.cond, noise, index, batch.padding
+                        self.transformer,
+                        batch.latents,
+                        batch.cond,
+                        noise,
+                        index,
+                        batch.padding,
+                        subject_mask=batch.subject_mask,
                     )
                 (output.loss / accumulation).backward()
             losses.append(output.loss.detach())

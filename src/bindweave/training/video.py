@@ -17,7 +17,14 @@ import torch.nn.functional as F
 from bindweave.io.files import PathLike
 from bindweave.io.video import probe_video
 
-__all__ = ["ClipError", "clip_frame_indices", "decode_frames", "read_training_clip", "resize_center_crop"]
+__all__ = [
+    "ClipError",
+    "clip_frame_indices",
+    "decode_frames",
+    "read_subject_mask",
+    "read_training_clip",
+    "resize_center_crop",
+]
 
 
 class ClipError(ValueError):
@@ -100,3 +107,36 @@ def read_training_clip(
         raise ClipError(str(err)) from err
     indices = clip_frame_indices(info.num_frames, info.fps, num_frames, fps, start_fraction)
     return resize_center_crop(decode_frames(path, indices), height, width)
+
+
+def read_subject_mask(
+    path: PathLike,
+    video: PathLike,
+    num_frames: int,
+    fps: float,
+    height: int,
+    width: int,
+    start_fraction: float,
+) -> torch.Tensor:
+    """The subject mask ``(num_frames, height, width)`` bool of the training clip that
+    :func:`read_training_clip` reads from ``video`` with the same arguments: the same frames, resized and
+    cropped alike, then brighter than mid grey -> True.
+
+    Raises:
+        ClipError: when the mask video is unreadable or its frame count, rate or size differ from the video's.
+    """
+    try:
+        info, mask_info = probe_video(video), probe_video(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise ClipError(str(err)) from err
+    facts = ("num_frames", "fps", "height", "width")
+    differ = [
+        f"{k} {getattr(mask_info, k)} (the video: {getattr(info, k)})"
+        for k in facts
+        if getattr(mask_info, k) != getattr(info, k)
+    ]
+    if differ:
+        raise ClipError(f"subject mask {path} must have the video's frames: it has " + ", ".join(differ))
+    indices = clip_frame_indices(info.num_frames, info.fps, num_frames, fps, start_fraction)
+    grey = resize_center_crop(decode_frames(path, indices), height, width).mean(dim=0)  # (F, H, W) in [-1, 1]
+    return grey > 0.0
