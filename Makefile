@@ -43,7 +43,7 @@ toy-model: $(STAMP)
 	$(BIN)/bindweave toy export $(TOY)/train --out $(TOY)/model
 	$(BIN)/bindweave toy-eval --model $(TOY)/model --out $(TOY)/eval --num-samples 16 --steps 15
 
-# One part of the toy model's long run (configs/toy-long.yaml): resumes from runs/toy-long on one torch thread.
+# One part of the toy model's long run (configs/toy-long.yaml): resumes from runs/toy-long; THREADS=2 when alone.
 toy-long: $(STAMP)
 	BIN=$(BIN) scripts/toy-long.sh
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One part of the toy BindWeave's long run on one torch thread (configs/toy-long.yaml says what it trains).
+# One part of the toy BindWeave's long run (configs/toy-long.yaml says what it trains), on $THREADS threads.
 # Every step resumes or is skipped when already done, so rerunning it after an interruption or on the next
 # session continues the run; only the VAE (44 min on one thread) restarts if it was cut. A part ends with
 # `make toy-land`, which ships the newest checkpoint if it beats the shipped model.
@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 RUN=runs/toy-long
 SHIPPED=src/bindweave/assets/toy-bindweave
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# Torch threads (default 1, so tests can run beside it). On this 2-core CPU, THREADS=2 alone took 1.5 s a DiT
+# step; one thread beside another trainer, 3.0 s.
+THREADS=${THREADS:-1}
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 mkdir -p "$RUN"
 [ -f "$RUN/data/manifest.jsonl" ] || "$BIN/bindweave" toy data --out "$RUN/data" --num-clips 1200
 
@@ -29,7 +32,7 @@ if [ -f "$RUN/base/model_index.json" ] && [ ! -f "$RUN/base/toy_base.json" ]; th
   echo "base: the shipped model's copy in $RUN/base"
 else
   "$BIN/bindweave" toy base --out "$RUN/base" --spatial-compression 2 --temporal-compression 1 --vae-width 16 \
-    --latent-channels 4 --subject-weight 10 --steps 10000 --threads 1
+    --latent-channels 4 --subject-weight 10 --steps 10000 --threads "$THREADS"
 fi
 "$BIN/bindweave" precompute --config configs/toy-long.yaml --manifest "$RUN/data/manifest.jsonl" \
   --output-dir "$RUN/cache"
