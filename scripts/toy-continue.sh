@@ -17,7 +17,9 @@ SAMPLES=${SAMPLES:-32}
 SHIPPED=${SHIPPED:-src/bindweave/assets/toy-bindweave}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$RUN/parts"
-[ -f "$RUN/data/manifest.jsonl" ] || "$BIN/bindweave" toy data --out "$RUN/data" --num-clips 2400
+# toy data resumes: rerun into a folder made before the subject masks existed, it adds them (the
+# subject-weighted loss needs them).
+[ -d "$RUN/data/masks" ] || "$BIN/bindweave" toy data --out "$RUN/data" --num-clips 2400
 if [ ! -e "$RUN/base" ]; then
   rm -rf "$RUN/base.partial" && cp -r "$SHIPPED" "$RUN/base.partial" && mv "$RUN/base.partial" "$RUN/base"
 fi

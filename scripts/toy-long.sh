@@ -13,7 +13,9 @@ SHIPPED=src/bindweave/assets/toy-bindweave
 THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 mkdir -p "$RUN"
-[ -f "$RUN/data/manifest.jsonl" ] || "$BIN/bindweave" toy data --out "$RUN/data" --num-clips 1200
+# toy data resumes: rerun into a folder made before the subject masks existed, it adds them (the
+# subject-weighted loss needs them).
+[ -d "$RUN/data/masks" ] || "$BIN/bindweave" toy data --out "$RUN/data" --num-clips 1200
 
 # A new machine after a part has landed: the shipped model holds this run's VAE (2x space, no time
 # compression, width 16, 4 latent channels), so it becomes the base, its DiT the start (with a fresh
