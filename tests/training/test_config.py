@@ -96,6 +96,9 @@ def test_every_shipped_config_loads_with_its_recipe():
         subject_weight = 10.0 if name in ("toy-long.yaml", "toy-subject.yaml") else 1.0
         assert (config.objective.shift, config.objective.loss_weighting) == (5.0, weighting), name
         assert config.objective.subject_weight == subject_weight, name
+        # Only the toy's long run samples from an EMA (the release keeps none).
+        ema = (0.999, False) if name == "toy-long.yaml" else (None, True)
+        assert (config.ema.decay, config.ema.warmup) == ema, name
 
 
 def test_the_released_recipe_mirrors_the_released_script():

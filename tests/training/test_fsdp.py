@@ -1,6 +1,6 @@
 """FSDP2 under ``torchrun`` (2 CPU processes, gloo) trains like one process with the same global batch,
-and resumes from its sharded checkpoint; micro-batches mix MLLM lengths, so each rank skips padding rows
-under FSDP2 and gradient checkpointing."""
+and resumes from its sharded checkpoint (EMA included); micro-batches mix MLLM lengths, so each rank skips
+padding rows under FSDP2 and gradient checkpointing."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def test_fsdp2_on_two_processes_matches_one_process(tiny_cache, tiny_pipeline_di
         gradient_checkpointing=True,
         global_batch_size=4,
         micro_batch_size=2,
+        ema={"decay": 0.5, "warmup": False},  # the average of sharded weights, saved and resumed by shard
     )
     # One process: micro-batches of stream positions (0, 1), (2, 3) per step; under FSDP2 rank r takes the
     # same pairs. Some pair mixes a one-reference clip with a two-reference one (MLLM states of unequal

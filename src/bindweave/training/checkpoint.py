@@ -5,15 +5,18 @@ Layout of ``output_dir``::
     frozen/                         the components training never changes, saved once at start
     checkpoint-000500/
         model_index.json            -> BindWeavePipeline.from_pretrained(checkpoint-000500) works
-        transformer/                the trained DiT (save_pretrained, in checkpoint.save_dtype)
-        lora/                       (LoRA runs) the adapter weights only; transformer/ is the frozen base
+        transformer/                the trained DiT (save_pretrained, in checkpoint.save_dtype); with an
+                                    EMA (the config's ``ema``), its average: what sampling should use
+        lora/                       (LoRA runs) the adapter weights only (or their average); transformer/
+                                    is the frozen base
         text_encoder -> ../frozen/text_encoder, tokenizer -> ..., vae -> ...   (symlinks; copies where
                                     the filesystem has none)
         training_state/
-            state.json              step, stage, stage step, data-loader position, skipped samples
+            state.json              step, stage, stage step, data-loader position, skipped samples, and
+                                    the EMA's decay and update count (null without one)
             lr_scheduler.pt         the stage's LambdaLR state
-            dcp/                    torch.distributed.checkpoint of the float32 trainable weights and
-                                    the optimizer state (sharded: every rank writes its own shard)
+            dcp/                    torch.distributed.checkpoint of the float32 trainable weights, the
+                                    optimizer state and the EMA (sharded: every rank writes its own shard)
             rng/rank-00000.pt       python, numpy, torch and CUDA RNG states of each rank
 
 A checkpoint is written into ``.tmp-checkpoint-000500`` and renamed into place only when complete, so a
@@ -28,6 +31,7 @@ import os
 import random
 import re
 import shutil
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,6 +51,7 @@ from bindweave.models import BindWeaveTransformer3DModel
 from bindweave.pipeline import BindWeavePipeline
 
 from .distributed import DistributedContext, barrier
+from .ema import EMAWeights
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +216,13 @@ def save_checkpoint(
     lora: bool,
     save_dtype: torch.dtype,
     keep_last: int,
+    ema: EMAWeights | None = None,
 ) -> Path:
-    """Write ``checkpoint-<step>`` atomically; collective: every rank must call it."""
+    """Write ``checkpoint-<step>`` atomically; collective: every rank must call it.
+
+    With ``ema`` the inference weights (``transformer/`` or ``lora/``) are the average, and the training
+    state holds the average beside the weights.
+    """
     output_dir = Path(output_dir)
     final = checkpoint_path(output_dir, state.step)
     tmp = output_dir / f".tmp-{final.name}"
@@ -221,33 +231,36 @@ def save_checkpoint(
         (tmp / STATE_DIR / "rng").mkdir(parents=True)
     barrier(ctx)
 
-    # 1. Weights for inference: the full DiT, or only the adapters.
-    if lora:
-        if ctx.is_main:
-            transformer.save_lora_adapter(tmp / LORA_DIR)
-    else:
-        full = get_model_state_dict(
-            transformer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-        if ctx.is_main:
-            _save_transformer(full, dict(transformer.config), tmp / "transformer", save_dtype)
-        del full
+    # 1. Weights for inference: the full DiT, or only the adapters; the average where there is one.
+    with ema.applied() if ema is not None else nullcontext():
+        if lora:
+            if ctx.is_main:
+                transformer.save_lora_adapter(tmp / LORA_DIR)
+        else:
+            full = get_model_state_dict(
+                transformer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+            if ctx.is_main:
+                _save_transformer(full, dict(transformer.config), tmp / "transformer", save_dtype)
+            del full
 
-    # 2. Exact training state: float32 trainable weights and optimizer, sharded like the model.
-    dcp.save(
-        {
-            "model": get_model_state_dict(transformer, options=_TRAINABLE_ONLY),
-            "optimizer": get_optimizer_state_dict(transformer, optimizer, options=_TRAINABLE_ONLY),
-        },
-        checkpoint_id=tmp / STATE_DIR / "dcp",
-        no_dist=not ctx.is_distributed,
-    )
+    # 2. Exact training state: float32 trainable weights, optimizer and EMA, sharded like the model.
+    training = {
+        "model": get_model_state_dict(transformer, options=_TRAINABLE_ONLY),
+        "optimizer": get_optimizer_state_dict(transformer, optimizer, options=_TRAINABLE_ONLY),
+    }
+    if ema is not None:
+        training["ema"] = ema.state_dict()
+    dcp.save(training, checkpoint_id=tmp / STATE_DIR / "dcp", no_dist=not ctx.is_distributed)
     torch.save(_rng_state(), tmp / STATE_DIR / "rng" / f"rank-{ctx.rank:05d}.pt")
     barrier(ctx)
 
     if ctx.is_main:
         torch.save(scheduler.state_dict(), tmp / STATE_DIR / "lr_scheduler.pt")
-        atomic_write_json(tmp / STATE_DIR / "state.json", {**asdict(state), "world_size": ctx.world_size})
+        ema_info = None if ema is None else {"decay": ema.decay, "updates": ema.updates}
+        atomic_write_json(
+            tmp / STATE_DIR / "state.json", {**asdict(state), "world_size": ctx.world_size, "ema": ema_info}
+        )
         _link_frozen(tmp, output_dir / FROZEN_DIR)
         if final.exists():  # the same step saved again (e.g. a resumed run's last step)
             shutil.rmtree(final)
@@ -284,26 +297,42 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(
-    path: Path, transformer: torch.nn.Module, optimizer: torch.optim.Optimizer, ctx: DistributedContext
+    path: Path,
+    transformer: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ctx: DistributedContext,
+    ema: EMAWeights | None = None,
 ) -> LoadedCheckpoint:
-    """Restore weights, optimizer and this rank's RNG states from ``path``; returns the rest.
+    """Restore weights, optimizer, ``ema`` and this rank's RNG states from ``path``; returns the rest.
 
     The DiT must already hold the checkpoint's frozen weights (the base the run started from); the
     trainable weights come from the float32 training state, not from the (maybe bf16) ``transformer/``.
+    From a checkpoint saved without an EMA, ``ema`` (with no update yet) starts at this run's first
+    step; one saved with an EMA that ``ema`` is None for drops its average (the next checkpoints hold the
+    weights themselves).
     """
     path = Path(path)
     state_dir = path / STATE_DIR
     if not (state_dir / "state.json").is_file():
         raise FileNotFoundError(f"{path} is not a complete training checkpoint (no {STATE_DIR}/state.json)")
+    info = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+    saved_ema = info.get("ema")  # absent in checkpoints written before the EMA existed
     saved = {
         "model": get_model_state_dict(transformer, options=_TRAINABLE_ONLY),
         "optimizer": get_optimizer_state_dict(transformer, optimizer, options=_TRAINABLE_ONLY),
     }
+    if ema is not None and saved_ema is not None:
+        saved["ema"] = ema.state_dict()  # loaded into the average in place
     dcp.load(saved, checkpoint_id=state_dir / "dcp", no_dist=not ctx.is_distributed)
     _load_trainable_weights(transformer, saved["model"])
     set_optimizer_state_dict(transformer, optimizer, saved["optimizer"], options=_TRAINABLE_ONLY)
+    if ema is not None and saved_ema is not None:
+        ema.set_updates(saved_ema["updates"])
+    elif ema is not None:
+        logger.info("%s has no EMA: the average starts at this run's first step", path)
+    elif saved_ema is not None:
+        logger.warning("%s has an EMA, but this run has none (ema.decay: null): its average is dropped", path)
 
-    info = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
     rng_file = state_dir / "rng" / f"rank-{ctx.rank:05d}.pt"
     if rng_file.is_file():
         _set_rng_state(torch.load(rng_file, weights_only=True))

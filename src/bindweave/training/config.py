@@ -34,6 +34,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DistributedConfig",
+    "EMAConfig",
     "LoRAConfig",
     "LoggingConfig",
     "MildAugmentConfig",
@@ -152,6 +153,28 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass
+class EMAConfig:
+    """An exponential moving average of the trainable weights, sampled from instead of the weights.
+
+    Off by default, as in the release. On, every checkpoint's ``transformer/`` (or ``lora/``) and the
+    validation videos use the average; the training state keeps both, so a run resumes exactly.
+    """
+
+    decay: float | None = field(
+        None, help="average <- decay * average + (1 - decay) * weight each step (null: no EMA)"
+    )
+    warmup: bool = field(
+        True,
+        help="ramp the decay as min(decay, (1 + k) / (10 + k)) after k updates (diffusers' EMAModel); false: the "
+        "full decay from the second update on (the first takes the weights), for a run from trained weights",
+    )
+
+    def validate(self, where: str) -> None:
+        if self.decay is not None and not 0 < self.decay < 1:
+            raise ConfigError(f"{where}.decay: must be in (0, 1) or null, got {self.decay}")
+
+
+@dataclasses.dataclass
 class LoRAConfig:
     """PEFT LoRA on the DiT; only the adapter weights train and get saved."""
 
@@ -265,6 +288,7 @@ class TrainConfig:
     objective: ObjectiveConfig = field(
         default_factory=ObjectiveConfig, help="timestep table and loss weights of the flow-matching loss"
     )
+    ema: EMAConfig = field(default_factory=EMAConfig, help="a moving average of the weights, for sampling")
     precision: Literal["bf16", "fp32"] = field(
         "bf16", help="bf16: bf16 compute with fp32 master weights (CUDA); fp32: everything in float32"
     )
@@ -302,6 +326,7 @@ class TrainConfig:
         self.lora.validate(f"{where}: lora")
         self.optimizer.validate(f"{where}: optimizer")
         self.objective.validate(f"{where}: objective")
+        self.ema.validate(f"{where}: ema")
         self.distributed.validate(f"{where}: distributed")
         if self.trainable == "lora" and self.distributed.shard_single_process:
             raise ConfigError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 from bindweave.io.files import atomic_write_text
@@ -17,9 +18,18 @@ from .distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MetricsLogger", "read_metrics"]
+__all__ = ["MetricsLogger", "read_metrics", "setup_logging"]
 
 METRICS_NAME = "metrics.jsonl"
+
+
+def setup_logging(ctx: DistributedContext) -> None:
+    """Log lines to stdout: every level from INFO on the main rank, warnings only on the others."""
+    level = logging.INFO if ctx.is_main else logging.WARNING
+    logging.basicConfig(
+        level=level, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("bindweave.training").setLevel(level)
 
 
 def read_metrics(output_dir: Path) -> list[dict]:

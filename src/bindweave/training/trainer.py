@@ -9,7 +9,7 @@ One optimizer step::
         with each clip's MLLM padding rows skipped in cross-attention (forward and backward):
             loss  <- weighted rectified-flow MSE of predict_velocity(DiT, x_t, t, cond) vs eps - x_0
             backward(loss / accumulation)
-    grad norm (and clipping if configured); AdamW step; lr schedule step
+    grad norm (and clipping if configured); AdamW step; lr schedule step; EMA update (if configured)
 
 The same code runs as one process (CPU or one GPU) or under ``torchrun`` on many GPUs and nodes, where the
 DiT is sharded with FSDP2. Stages of the curriculum run in order, each with its own data, length and
@@ -20,7 +20,6 @@ again with the same config continues from the newest checkpoint as if it had nev
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -58,9 +57,10 @@ from .distributed import (
     shard_transformer,
     shutdown_distributed,
 )
+from .ema import EMAWeights
 from .features import DTYPES, FeatureBatch, FeatureEncoder, collate_features, condition_dropped
 from .manifest import read_clip_manifest
-from .metrics import MetricsLogger
+from .metrics import MetricsLogger, setup_logging
 from .model import configure_trainable, dit_tokens_per_clip, load_pipeline
 from .objective import FlowMatchingObjective, build_lr_scheduler
 from .validation import Validator
@@ -101,7 +101,7 @@ def run_train(config: TrainConfig) -> TrainSummary:
     config.validate()
     with deterministic_kernels(config.deterministic):
         ctx = init_distributed(group_of_one=config.distributed.shard_single_process)
-        _setup_logging(ctx)
+        setup_logging(ctx)
         try:
             trainer = Trainer(config, ctx)
             try:
@@ -111,14 +111,6 @@ def run_train(config: TrainConfig) -> TrainSummary:
         finally:
             if ctx.owns_process_group:
                 shutdown_distributed()
-
-
-def _setup_logging(ctx: DistributedContext) -> None:
-    level = logging.INFO if ctx.is_main else logging.WARNING
-    logging.basicConfig(
-        level=level, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("bindweave.training").setLevel(level)
 
 
 class Trainer:
@@ -170,7 +162,8 @@ class Trainer:
         else:
             self.transformer.to(ctx.device)
         # Collected after sharding: FSDP2 replaces every parameter with its sharded DTensor.
-        self.params = [p for p in self.transformer.parameters() if p.requires_grad]
+        named = [(name, p) for name, p in self.transformer.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
         adamw = config.optimizer
         self.optimizer = torch.optim.AdamW(
             self.params, config.stages[0].lr, tuple(adamw.betas), adamw.eps, adamw.weight_decay
@@ -179,6 +172,9 @@ class Trainer:
             shift=config.objective.shift,
             loss_weighting=config.objective.loss_weighting,
             subject_weight=config.objective.subject_weight,
+        )
+        self.ema = (
+            None if config.ema.decay is None else EMAWeights(named, config.ema.decay, config.ema.warmup)
         )
 
         # 3. Frozen encoders: on the device when a stage encodes clips online or validation prompts need
@@ -206,7 +202,7 @@ class Trainer:
         self.scheduler_state: dict | None = None
         checkpoint = resume_checkpoint(self.output_dir, config.resume)
         if checkpoint is not None:
-            loaded = load_checkpoint(checkpoint, self.transformer, self.optimizer, ctx)
+            loaded = load_checkpoint(checkpoint, self.transformer, self.optimizer, ctx, self.ema)
             self.state, self.scheduler_state = loaded.state, loaded.scheduler_state
             logger.info(
                 "resumed from %s at step %d (stage %d)", checkpoint, self.state.step, self.state.stage
@@ -351,6 +347,8 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
         return StepResult(
             loss=float(all_reduce_mean(torch.stack(losses).mean(), self.ctx)),
             grad_norm=grad_norm,
@@ -382,7 +380,8 @@ class Trainer:
         every = self.config.validation.every_steps
         if self.validator is None or self.state.step % every:
             return []
-        return self.validator.run(self.state.step, self.compute_context)
+        with self.ema.applied() if self.ema is not None else nullcontext():
+            return self.validator.run(self.state.step, self.compute_context)
 
     def _save(self, scheduler: LambdaLR) -> Path:
         return save_checkpoint(
@@ -395,6 +394,7 @@ class Trainer:
             lora=self.config.trainable == "lora",
             save_dtype=DTYPES[self.config.checkpoint.save_dtype],
             keep_last=self.config.checkpoint.keep_last,
+            ema=self.ema,
         )
 
     def close(self) -> None:
