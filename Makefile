@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= outputs
 
-.PHONY: install demo test lint clean toy-model toy-long toy-continue toy-land gpu-wheels gpu-check
+.PHONY: install demo test lint clean toy-model toy-long toy-long-land toy-continue toy-land gpu-wheels gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ toy-model: $(STAMP)
 toy-long: $(STAMP)
 	BIN=$(BIN) scripts/toy-long.sh
 
+# The end of a long-run part: its newest weights annealed with the plain MSE (configs/toy-long-anneal.yaml),
+# then `toy land` on 32 held-out scenes (scripts/toy-long-land.sh); THREADS=2 when alone.
+toy-long-land: $(STAMP)
+	BIN=$(BIN) scripts/toy-long-land.sh
+
 # One part of the shipped model's continued training on its own VAE (configs/toy-continue.yaml), ending with
 # `toy land`: resumes from runs/toy-continue, or starts from the shipped model on a new machine; 1 thread.
 toy-continue: $(STAMP)
@@ -54,7 +59,7 @@ toy-continue: $(STAMP)
 
 # The end of a part: ship the run's newest checkpoint if it beats the shipped model (fidelity and direction
 # accuracy, each beyond a standard error of the paired difference on the held-out scenes); TOY_RUN/land.
-# `make toy-land` lands the long run, `make toy-land TOY_RUN=runs/toy-continue` the continued one.
+# `make toy-land TOY_RUN=runs/toy-continue` lands the continued run as it is (the long run: toy-long-land).
 TOY_RUN ?= runs/toy-long
 TOY_LAND_SAMPLES ?= 16
 toy-land: $(STAMP)

@@ -2,7 +2,8 @@
 # One part of the toy BindWeave's long run (configs/toy-long.yaml says what it trains), on $THREADS threads.
 # Every step resumes or is skipped when already done, so rerunning it after an interruption or on the next
 # session continues the run; only the VAE (44 min on one thread) restarts if it was cut. A part ends with
-# `make toy-land`, which ships the newest checkpoint if it beats the shipped model.
+# `make toy-long-land`, which anneals the newest checkpoint's weights with the plain MSE and ships them if they
+# beat the shipped model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}

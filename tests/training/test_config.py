@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bindweave.training.cache import feature_settings
 from bindweave.training.config import ConfigError, load_train_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -67,6 +68,7 @@ RECIPES = {
     "lora_single_gpu.yaml": ([1e-4], 0.0, 1.0, 1e-8, "released", "released"),
     "toy.yaml": ([2e-3, 2e-4, 2e-3, 2e-4], 0.0, 1.0, 1e-8, "mild", "inference"),
     "toy-long.yaml": ([1e-3, 2e-4], 0.0, 1.0, 1e-8, "mild", "inference"),
+    "toy-long-anneal.yaml": ([2e-4], 0.0, 1.0, 1e-8, "mild", "inference"),
     "toy-continue.yaml": ([1e-3, 2e-4], 0.0, 1.0, 1e-8, "mild", "inference"),
     "toy-subject.yaml": ([1e-3, 2e-4], 0.0, 1.0, 1e-8, "mild", "inference"),
 }
@@ -89,10 +91,8 @@ def test_every_shipped_config_loads_with_its_recipe():
         assert config.optimizer.betas == [0.9, 0.999], name
         # Only the toy's long runs leave the release's loss weights (the 2x VAE's DiT cannot learn its prompt
         # with them; the continued shipped model learns no worse with flat ones), and only toy-subject and
-        # toy-long weigh the subjects' latents more.
-        weighting = (
-            "uniform" if name in ("toy-long.yaml", "toy-continue.yaml", "toy-subject.yaml") else "released"
-        )
+        # toy-long weigh the subjects' latents more (toy-long-anneal, its landing anneal, goes back to 1).
+        weighting = "uniform" if name.startswith(("toy-long", "toy-continue", "toy-subject")) else "released"
         subject_weight = 10.0 if name in ("toy-long.yaml", "toy-subject.yaml") else 1.0
         assert (config.objective.shift, config.objective.loss_weighting) == (5.0, weighting), name
         assert config.objective.subject_weight == subject_weight, name
@@ -123,6 +123,16 @@ def test_the_toy_keeps_its_mild_augmentation():
         0.05,
         0.0,
     )
+
+
+def test_the_long_runs_landing_anneal_reads_its_cache():
+    """configs/toy-long-anneal.yaml trains on the long run's feature cache, which a change of its data
+    settings or seed would make it refuse; it starts where scripts/toy-long-land.sh puts the weights."""
+    long, anneal = (load_train_config(CONFIGS / name) for name in ("toy-long.yaml", "toy-long-anneal.yaml"))
+    assert feature_settings(anneal.data, anneal.seed) == feature_settings(long.data, long.seed)
+    assert anneal.stages[0].cache.resolve() == long.stages[0].cache.resolve()
+    assert anneal.model.pipeline.resolve() == (CONFIGS.parent / "runs/toy-long/anneal/start").resolve()
+    assert (anneal.objective.subject_weight, anneal.ema.decay) == (1.0, None)
 
 
 def test_json_configs_load_too(tmp_path):
