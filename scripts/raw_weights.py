@@ -1,7 +1,7 @@
 """A pipeline folder with a training checkpoint's own weights, where its ``transformer/`` holds their EMA.
 
 A run with ``ema.decay`` set saves the average as the checkpoint's inference weights and keeps the weights
-themselves in ``training_state/dcp`` (docs/training.md, "EMA"). This writes a copy of the checkpoint (its
+themselves in ``training_state/dcp`` (docs/training.md, the ``ema`` option). This writes a copy of the checkpoint (its
 linked components resolved) whose ``transformer/`` is those weights, in float32, e.g. to compare the two
 with ``bindweave toy-eval``. Full-DiT runs only (a LoRA run's average is its adapters).
 
