@@ -1,9 +1,9 @@
 """A pipeline folder with a training checkpoint's own weights, where its ``transformer/`` holds their EMA.
 
 A run with ``ema.decay`` set saves the average as the checkpoint's inference weights and keeps the weights
-themselves in ``training_state/dcp`` (docs/training.md, the ``ema`` option). This writes a copy of the checkpoint (its
-linked components resolved) whose ``transformer/`` is those weights, in float32, e.g. to compare the two
-with ``bindweave toy-eval``. Full-DiT runs only (a LoRA run's average is its adapters).
+themselves in ``training_state/dcp`` (docs/training.md, the ``ema`` option). This writes a copy of the
+checkpoint (its linked components resolved) whose ``transformer/`` is those weights, in float32, e.g. to
+compare the two with ``bindweave toy-eval``. Full-DiT runs only (a LoRA run's average is its adapters).
 
     .venv/bin/python scripts/raw_weights.py runs/toy-long/train/checkpoint-004000 runs/toy-long/raw/s4000
 """
