@@ -30,10 +30,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-# Train the toy BindWeave from nothing (see README, "The toy world"): 99 min on a 2-core CPU (measured for
-# the previous model, whose weights it reproduced byte for byte; the shipped model's retrain is not claimed so).
-# Every step but the VAE's resumes if interrupted. Paths match configs/toy.yaml. The shipped default model
-# is this recipe's runs/toy/model, exported to src/bindweave/assets/toy-bindweave.
+# Train the toy BindWeave from nothing in one sitting (docs/toy-world.md, "The one-sitting recipe"): 99 min on
+# a 2-core CPU (measured for an earlier model, whose weights it reproduced byte for byte). Every step but the
+# VAE's resumes if interrupted. Paths match configs/toy.yaml. It made the default model shipped until
+# 2026-12-07; the shipped one is now the long run's (toy-long, toy-long-land).
 TOY := runs/toy
 toy-model: $(STAMP)
 	$(BIN)/bindweave toy data --out $(TOY)/data --num-clips 1200

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 from bindweave import cli
 from bindweave.conditioning.mllm import MLLMStateError
-from bindweave.default_model import default_model_path
+from bindweave.default_model import default_model_path, embedded_guidance_scale
 from bindweave.preflight import SavedModel, check_mllm_states_file, resolve_device, saved_model
 from bindweave.testing.devices import skip_unless_cuda
 
@@ -109,7 +110,7 @@ def test_a_missing_cuda_device_is_one_line_and_no_model_load(command, refs, tmp_
 
 
 def test_saved_model_of_the_embedded_model_reads_its_config_files():
-    """The toy model: MLLM width 32 (its transformer config), guidance 1.0 (model_index.json), an MLLM."""
+    """The toy model: MLLM width 32 (its transformer config), its saved guidance (model_index.json), an MLLM."""
     transformer = json.loads((default_model_path() / "transformer" / "config.json").read_text())
     index = json.loads((default_model_path() / "model_index.json").read_text())
     model = saved_model(None, None, None, None)
@@ -118,7 +119,7 @@ def test_saved_model_of_the_embedded_model_reads_its_config_files():
         default_guidance_scale=index["default_guidance_scale"],
         has_mllm=True,
     )
-    assert (model.mllm_dim, model.default_guidance_scale) == (32, 1.0)
+    assert (model.mllm_dim, model.default_guidance_scale) == (32, embedded_guidance_scale())
 
 
 def test_saved_model_of_released_folders(tmp_path):
@@ -155,26 +156,34 @@ def test_check_mllm_states_file(tmp_path):
 
 @pytest.mark.parametrize("given", ["wrong", "missing"])
 def test_negative_states_are_checked_at_guidance_1(given, refs, tmp_path, caplog, no_model_load):
-    """The embedded model samples at guidance 1.0 (no negative branch); a given file is checked all the same."""
+    """At guidance 1 (no negative branch) a given file is checked all the same."""
     wrong = tmp_path / "wrong.pt"
     torch.save(torch.zeros(1, 5, 7), wrong)
     path = wrong if given == "wrong" else tmp_path / "missing.pt"
     code = cli.main(["generate", "--refs", *refs, "--prompt", "x", "--out", str(tmp_path / "v.mp4"),
-                     "--negative-mllm-states", str(path)])  # fmt: skip
+                     "--guidance", "1", "--negative-mllm-states", str(path)])  # fmt: skip
     assert code == 1 and not (tmp_path / "v.mp4").exists()
     [error] = errors(caplog)
     assert error.startswith(f"--negative-mllm-states file {path} ")
 
 
-def test_given_inputs_without_effect_are_named_in_a_warning(tmp_path, refs, caplog):
-    """At guidance 1.0 (the embedded model's default) the negative states and prompt have no effect."""
+@pytest.mark.parametrize("how", ["given", "saved"])
+def test_given_inputs_without_effect_are_named_in_a_warning(how, tmp_path, refs, caplog):
+    """At guidance 1.0, given or the model's saved default, the negative states and prompt have no effect."""
     states = tmp_path / "negative.pt"
     torch.save(torch.randn(1, 4, 32).to(torch.bfloat16), states)
     out = tmp_path / "v.mp4"
-    code = cli.main(["generate", "--refs", *refs, "--prompt", "x", "--out", str(out), *SMALL,
+    if how == "given":
+        choice, why = ["--guidance", "1"], "at guidance 1.0 (no negative branch)"
+    else:  # a copy of the embedded model that saves guidance 1.0
+        model = tmp_path / "model"
+        shutil.copytree(default_model_path(), model)
+        index = json.loads((model / "model_index.json").read_text())
+        (model / "model_index.json").write_text(json.dumps({**index, "default_guidance_scale": 1.0}))
+        choice, why = ["--model", str(model)], "at guidance 1.0, the model's default (no negative branch)"
+    code = cli.main(["generate", "--refs", *refs, "--prompt", "x", "--out", str(out), *SMALL, *choice,
                      "--negative-mllm-states", str(states), "--negative-prompt", "blurry"])  # fmt: skip
     assert code == 0 and out.is_file()
-    why = "at guidance 1.0, the model's default (no negative branch)"
     assert [w for w in warnings(caplog) if "native size" not in w] == [
         f"--negative-mllm-states has no effect {why}",
         f"--negative-prompt has no effect {why}",

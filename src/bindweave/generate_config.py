@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .conditioning.prompts import DEFAULT_NEGATIVE_PROMPT
 from .config import field
+from .default_model import embedded_guidance_scale
 from .lora.config import LoraSpec, check_lora_args
 from .perf.config import PerfConfig
 from .refine import RefineOptions
@@ -150,8 +151,8 @@ class SamplingConfig:
     guidance: float | None = field(
         None,
         help="classifier-free guidance scale, 1 disables the negative branch (default: 1.0 for the lightx2v "
-        "samplers, else the model's: 1.0 for the embedded model, trained without a negative branch; the "
-        "paper's 5.0 for the released one)",
+        f"samplers, else the model's: {embedded_guidance_scale()} for the embedded model, the best on "
+        "held-out toy scenes; the paper's 5.0 for the released one)",
     )
     sampler: SamplerKind = field(
         "unipc",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -79,15 +80,17 @@ def test_the_shipped_folder_is_replaced_only_by_a_winner(
     )
     # the newest checkpoint against the shipped one, both at their saved scale on world 0; the one default
     # scale is saved in the candidate without scoring
+    tag = f"checkpoint-000020-{land.folder_digest(train / 'checkpoint-000020')[:12]}"
     assert scored == {
-        "eval-candidate": (20, None, 0),
+        f"eval-{tag}": (20, None, 0),
         f"eval-shipped-{shipped_digest}": (0, None, 0),
     }
     assert record["landed"] is landed
     assert json.loads((tmp_path / "land" / "land.json").read_text())["landed"] is landed
     assert _step(shipped) == (20 if landed else 0)
     assert not (shipped / STATE_DIR).exists()
-    candidate_index = json.loads((tmp_path / "land" / "checkpoint-000020" / "model_index.json").read_text())
+    candidate_index = json.loads((tmp_path / "land" / tag / "model_index.json").read_text())
+    assert record["candidate"] == str(tmp_path / "land" / tag)
     assert candidate_index["default_guidance_scale"] == 1.0
 
 
@@ -113,6 +116,27 @@ def test_the_guidance_scale_is_chosen_on_other_scenes_and_saved(tmp_path, monkey
     assert record["guidance_selection"]["chosen"] == 3.0 and compared_at["scale"] == 3.0
     assert sorted(record["guidance_selection"]["means"]) == ["1.0", "3.0", "5.0"]
     assert json.loads((shipped / "model_index.json").read_text())["default_guidance_scale"] == 3.0  # landed
+
+
+def test_a_new_checkpoint_of_the_same_name_is_exported_and_scored_again(tmp_path, monkeypatch):
+    """Each part's anneal ends in a checkpoint-000400: the next landing must judge the new weights."""
+    train, shipped = _folders(tmp_path)
+    scored = []
+
+    def fake_scores(model, config, out, guidance_scale=None, world_seed=0):
+        scored.append((_step(model), out.name))
+        return rows([0.3, 0.3], [0.2, 0.2])  # never better: nothing lands
+
+    monkeypatch.setattr(land, "_scores", fake_scores)
+    config = ToyLandConfig(train_dir=train, out=tmp_path / "land", shipped=shipped)
+    first = run_toy_land(config)
+    (train / "checkpoint-000020" / "model_index.json").write_text(json.dumps({"step": 21}))
+    second = run_toy_land(config)
+    assert first["candidate"] != second["candidate"]
+    assert _step(Path(second["candidate"])) == 21
+    candidate_runs = [(step, name) for step, name in scored if step != 0]
+    assert [step for step, _ in candidate_runs] == [20, 21]
+    assert candidate_runs[0][1] != candidate_runs[1][1]  # scored into another folder, not reused
 
 
 def test_the_shipped_scores_are_keyed_by_its_files(tmp_path):

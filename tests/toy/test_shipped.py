@@ -29,7 +29,7 @@ def test_the_shipped_model_is_a_small_safetensors_pipeline_folder():
     weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
     assert weights and all(p.suffix == ".safetensors" for p in weights)
     assert {p.parent.name for p in weights} == {"transformer", "vae", "text_encoder", "image_encoder", "mllm"}
-    assert sum(p.stat().st_size for p in files) < 10 * 2**20
+    assert sum(p.stat().st_size for p in files) < 10 * 2**20  # 8.2 MiB; `toy land` allows 20
     assert (SHIPPED_MODEL / "model_index.json").is_file()
 
 
@@ -37,7 +37,9 @@ def test_the_shipped_model_loads_at_the_toy_size(shipped):
     assert {k: shipped.config[f"default_{k}"] for k in TOY_SIZE} == TOY_SIZE
     assert shipped.config.default_guidance_scale >= TOY_GUIDANCE  # 1.0, or the scale `toy land` chose
     assert shipped.config.default_num_inference_steps == TOY_STEPS == 20
-    assert shipped.vae.config.scale_factor_spatial == 4
+    # the long run's VAE (make toy-long): 2x space, no time compression, 4 channels
+    assert (shipped.vae.config.scale_factor_spatial, shipped.vae.config.scale_factor_temporal) == (2, 1)
+    assert shipped.vae.config.z_dim == 4
     assert not any(p.isnan().any() for p in shipped.transformer.parameters())
 
 
@@ -48,17 +50,24 @@ def test_the_demo_scene_is_from_the_generators_demo_split():
 
 
 def test_the_shipped_model_beats_a_random_dit(shipped, tmp_path):
-    """On held-out scenes, trained vs a freshly initialised DiT in the same pipeline, same noise.
+    """On held-out scenes, trained vs a freshly initialised DiT in the same pipeline, same noise, at the
+    model's own guidance.
 
-    Measured on 16 samples with 15 steps: PSNR 18.9 vs 13.3 dB (the model draws the prompt's background);
-    fidelity 0.30 vs 0.26 is within two standard errors, so only PSNR has a margin to test.
+    Measured on these 8 samples with 10 steps: fidelity 0.352 vs 0.202, direction accuracy 0.448 vs 0.229,
+    PSNR 19.2 vs 11.4 dB (on 32 samples with 15 steps, paired: fidelity +0.172 +- 0.018, direction accuracy
+    +0.167 +- 0.087). The samples and their noise are fixed, so the margins below are not a coin flip.
     """
     config = ToyEvalConfig(
-        model=default_model_path(), variants=["trained", "random-init"], num_samples=6, steps=10, out=tmp_path
+        model=default_model_path(), variants=["trained", "random-init"], num_samples=8, steps=10, out=tmp_path
     )
     results = toy_eval(shipped, config)
-    trained, random = (np.mean([s.psnr for s in results[v]]) for v in ("trained", "random-init"))
-    assert trained > random + 3.0
+
+    def mean(variant, metric):
+        return np.mean([getattr(s, metric) for s in results[variant]])
+
+    assert mean("trained", "fidelity") > mean("random-init", "fidelity") + 0.08
+    assert mean("trained", "direction_accuracy") > mean("random-init", "direction_accuracy") + 0.1
+    assert mean("trained", "psnr") > mean("random-init", "psnr") + 3.0
 
 
 def test_the_default_model_is_announced_only_when_no_weights_are_named(tmp_path):

@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 
 from bindweave import config as cfg
-from bindweave.default_model import SHIPPED_MODEL
+from bindweave.default_model import SHIPPED_MODEL, embedded_guidance_scale
 from bindweave.generate import ModelConfig
 from bindweave.refine import EndpointRefiner
 from bindweave.toy.sprites import reference_image
@@ -107,7 +107,10 @@ def datasets(blocks: gr.Blocks) -> list:
 
 def test_the_embedded_model_is_offered_toy_world_examples_at_its_own_size(tmp_path):
     app = build_app(PipelineLoader(ModelConfig(device="cpu")), tmp_path)
-    assert (component(app, "steps").value, component(app, "guidance").value) == (20, 1.0)
+    assert (component(app, "steps").value, component(app, "guidance").value) == (
+        20,
+        embedded_guidance_scale(),
+    )
     preset = component(app, "preset")
     assert [c[0] for c in preset.choices] == ["native (64x64, 17 frames)", "custom"]
     (examples,) = datasets(app)

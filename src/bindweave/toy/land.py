@@ -10,7 +10,9 @@ and both score sets are written to ``<out>/land.json``.
 With several ``--guidance-scales``, the candidate is first scored at each on another world's held-out scenes
 (``--selection-seed``), and the best (the largest fidelity + direction accuracy) is saved in its
 ``model_index.json`` as ``default_guidance_scale``: the comparison then uses scenes the choice never saw.
-The shipped model is scored at its own saved scale; its scores are reused only while its files are unchanged.
+The shipped model is scored at its own saved scale. Both models' exports and scores are named by a digest of
+their files, so a rerun reuses them only while those are unchanged (the checkpoint's name is not enough:
+every anneal of ``make toy-long-land`` ends in another ``checkpoint-000400``).
 """
 
 from __future__ import annotations
@@ -95,12 +97,15 @@ def run_toy_land(config: ToyLandConfig) -> dict[str, Any]:
     checkpoint = find_latest_checkpoint(config.train_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{config.train_dir}: no checkpoint-* folder to land")
-    candidate = config.out / checkpoint.name
+    # Keyed by the checkpoint's files, not its name: each part's anneal writes another checkpoint-000400,
+    # and a rerun must never export or score the previous one's.
+    tag = f"{checkpoint.name}-{folder_digest(checkpoint)[:12]}"
+    candidate = config.out / tag
     if not (candidate / "model_index.json").is_file():
         export_pipeline(checkpoint, candidate)
-    selection = _choose_guidance(candidate, config)
+    selection = _choose_guidance(candidate, tag, config)
     scores = {
-        "candidate": _scores(candidate, config, config.out / "eval-candidate"),
+        "candidate": _scores(candidate, config, config.out / f"eval-{tag}"),
         # keyed by the shipped files, so scores of a model since replaced are never reused
         "shipped": _scores(shipped, config, config.out / f"eval-shipped-{folder_digest(shipped)[:12]}"),
     }
@@ -113,6 +118,7 @@ def run_toy_land(config: ToyLandConfig) -> dict[str, Any]:
             shutil.copytree(candidate, staged)
     record = {
         "checkpoint": str(checkpoint),
+        "candidate": str(candidate),
         "shipped": str(shipped),
         "num_samples": config.num_samples,
         "steps": config.steps,
@@ -128,7 +134,8 @@ def run_toy_land(config: ToyLandConfig) -> dict[str, Any]:
 
 
 def folder_digest(folder: Path) -> str:
-    """SHA-256 of every file's relative path and bytes under ``folder`` (a pipeline folder: a few MB)."""
+    """SHA-256 of every file's relative path and bytes under ``folder`` (a pipeline folder or a toy
+    checkpoint: a few MB)."""
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
@@ -136,14 +143,15 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _choose_guidance(candidate: Path, config: ToyLandConfig) -> dict[str, Any]:
-    """Score ``candidate`` at each of ``config.guidance_scales`` on the selection world and save the best
+def _choose_guidance(candidate: Path, tag: str, config: ToyLandConfig) -> dict[str, Any]:
+    """Score ``candidate`` (its folders named by ``tag``) at each of ``config.guidance_scales`` on the
+    selection world and save the best
     (fidelity + direction accuracy, summed means; the first on a tie) as its ``default_guidance_scale``;
     a single scale is saved without scoring."""
     scales, means = config.guidance_scales, {}
     if len(scales) > 1:
         for scale in scales:
-            out = config.out / f"eval-candidate-guidance-{scale:g}-world-{config.selection_seed}"
+            out = config.out / f"eval-{tag}-guidance-{scale:g}-world-{config.selection_seed}"
             rows = _scores(candidate, config, out, guidance_scale=scale, world_seed=config.selection_seed)
             means[scale] = _means(rows)
     best = max(scales, key=lambda g: sum(means[g][m] for m in LANDING_METRICS)) if means else scales[0]

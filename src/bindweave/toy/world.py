@@ -23,7 +23,9 @@ from .sprites import RGB, Sprite, draw_sprite, random_sprite
 __all__ = [
     "BACKGROUNDS",
     "DIRECTIONS",
+    "CELL_NAMES",
     "FRAME_SIZE",
+    "MOTION_PHRASES",
     "NUM_FRAMES",
     "SPEED",
     "Scene",
@@ -61,7 +63,9 @@ _MIN_CONTRAST = 90.0  # min RGB distance between a sprite's body colour and the 
 _SPLIT_IDS = {"train": 0, "heldout": 1, "demo": 2}
 
 _ORDINALS = ("first", "second", "third", "fourth")
-_CELL_NAMES = {
+
+#: How a prompt names each start cell (row, col) of the 3 x 3 grid.
+CELL_NAMES = {
     (0, 0): "in the top left corner",
     (0, 1): "at the top",
     (0, 2): "in the top right corner",
@@ -72,7 +76,9 @@ _CELL_NAMES = {
     (2, 1): "at the bottom",
     (2, 2): "in the bottom right corner",
 }
-_VERBS = {
+
+#: The phrases a prompt states each direction with (one drawn per subject).
+MOTION_PHRASES = {
     "left": ("moves to the left", "slides left", "drifts left"),
     "right": ("moves to the right", "slides right", "drifts right"),
     "up": ("rises", "moves up", "floats upward"),
@@ -178,8 +184,8 @@ def scene_prompt(background: str, subjects: tuple[Subject, ...], rng: np.random.
             name = str(rng.choice([f"the {_ORDINALS[i]} subject", f"the {_ORDINALS[i]} one"]))
         if rng.uniform() < 0.3:
             name = f"the subject from image {i + 1}" if len(subjects) > 1 else "the subject from the image"
-        verb = str(rng.choice(_VERBS[subject.direction]))
-        clauses.append(f"{name} starts {_CELL_NAMES[subject.cell]} and {verb}")
+        verb = str(rng.choice(MOTION_PHRASES[subject.direction]))
+        clauses.append(f"{name} starts {CELL_NAMES[subject.cell]} and {verb}")
     body = clauses[0] if len(clauses) == 1 else ", ".join(clauses[:-1]) + " while " + clauses[-1]
     return f"On a {background} background, {body}."
 

@@ -80,7 +80,7 @@ def build_app(pipe_loader: PipelineLoader, out_dir: Path, refiner: RefinerFactor
     out_dir = Path(out_dir).resolve()
     pipe = pipe_loader()
     native = native_size(pipe)
-    model_guidance = pipe.config.default_guidance_scale  # 5.0 for the released model, 1.0 for the toy
+    model_guidance = pipe.config.default_guidance_scale  # 5.0 for the released model, the toy's own
     model_steps = pipe.config.default_num_inference_steps  # 50 for the released model, 20 for the toy
     presets = resolution_presets(native)
     modes = memory_modes()
