@@ -144,10 +144,9 @@ def folder_digest(folder: Path) -> str:
 
 
 def _choose_guidance(candidate: Path, tag: str, config: ToyLandConfig) -> dict[str, Any]:
-    """Score ``candidate`` (its folders named by ``tag``) at each of ``config.guidance_scales`` on the
-    selection world and save the best
-    (fidelity + direction accuracy, summed means; the first on a tie) as its ``default_guidance_scale``;
-    a single scale is saved without scoring."""
+    """Score ``candidate`` (its score folders named by ``tag``) at each of ``config.guidance_scales`` on the
+    selection world and save the best (fidelity + direction accuracy, summed means; the first on a tie) as
+    its ``default_guidance_scale``; a single scale is saved without scoring."""
     scales, means = config.guidance_scales, {}
     if len(scales) > 1:
         for scale in scales:
