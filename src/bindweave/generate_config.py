@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .conditioning.prompts import DEFAULT_NEGATIVE_PROMPT
 from .config import field
-from .default_model import embedded_guidance_scale
+from .default_model import default_model_path, embedded_guidance_scale
 from .lora.config import LoraSpec, check_lora_args
 from .perf.config import PerfConfig
 from .refine import RefineOptions
@@ -272,8 +272,6 @@ class ExtractMLLMConfig(WeightsConfig):
             raise ValueError(
                 "the released Wan and BindWeave folders hold no MLLM: give --mllm (Qwen2.5-VL-7B-Instruct)"
             )
-        from .default_model import default_model_path
-
         root = self.model or default_model_path()
         if not ((root / "mllm").is_dir() and (root / "mllm_processor").is_dir()):
             raise FileNotFoundError(f"{root} has no mllm and mllm_processor folders: give --mllm")
