@@ -298,6 +298,8 @@ def test_help_states_the_real_defaults_of_both_models():
         assert steps + f"{paper['default_num_inference_steps']} for the released one" in options["steps"]
         assert f"{toy['default_guidance_scale']} for the embedded model" in options["guidance"]
         assert f"the paper's {paper['default_guidance_scale']} for the released one" in options["guidance"]
+    toy_eval = _options("toy-eval")["guidance_scale"]
+    assert f"default_guidance_scale: {toy['default_guidance_scale']} for the embedded model" in toy_eval
     demo = _options("demo")
     assert demo["prompt"].count("(default:") == 1
     assert f"{toy['default_num_inference_steps']} for the embedded model" in demo["steps"]

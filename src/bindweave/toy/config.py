@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from bindweave.config import field
+from bindweave.default_model import embedded_guidance_scale
 from bindweave.generate_config import check_guidance, check_seed
 from bindweave.samplers import SAMPLERS
 
@@ -99,8 +100,8 @@ class ToyEvalConfig:
     )
     guidance_scale: float | None = field(
         None,
-        help="classifier-free guidance scale (default: the sampler's, 1.0 for lightx2v, else the model's: 1.0 "
-        "for the toy model)",
+        help="classifier-free guidance scale (default: the sampler's, 1.0 for lightx2v, else the model's saved "
+        f"default_guidance_scale: {embedded_guidance_scale()} for the embedded model)",
     )
     world_seed: int = field(0, help="world seed of the held-out split")
     init_seed: int = field(0, help="seed of the random-init variant's DiT")
