@@ -21,6 +21,7 @@ from bindweave.toy.evaluate import ToyEvalConfig, format_table, toy_eval
 from bindweave.toy.export import export_pipeline
 from bindweave.toy.metrics import score_clip
 from bindweave.toy.model import TOY_GUIDANCE, TOY_SIZE, build_toy_pipeline, toy_corpus, toy_vae
+from bindweave.toy.sprites import reference_image
 from bindweave.toy.vae import (
     ToyBaseConfig,
     reconstruct_clip,
@@ -365,6 +366,37 @@ def test_vae_recon_scores_the_true_clip_through_the_vae(tmp_path, toy_pipe):
         decoded = toy_pipe.decode(encode_video(toy_pipe.vae, video), output_type="np")[0]
     assert_close_to_float32_rounding(frames, decoded, scale=1.0)
     assert 0 < np.abs(frames - truth / 255.0).mean() and scores.psnr < 100  # a lossy reconstruction
+
+
+def test_the_train_split_scores_the_scenes_toy_data_writes(tmp_path, toy_pipe):
+    """``split="train"``: every row scores training scene i, generated with noise seed i as held-out ones are."""
+    config = ToyEvalConfig(
+        model=tmp_path, variants=["trained", "vae-recon"], num_samples=1, steps=1, split="train", out=tmp_path
+    )
+    results = toy_eval(toy_pipe, config)
+    scene = toy_scene(0, "train", 0)
+    assert scene != toy_scene(0, "heldout", 0)
+    truth = render_clip(scene)
+    references = [reference_image(s.sprite)[0] for s in scene.subjects]
+    frames = toy_pipe(
+        scene.prompt, references, num_inference_steps=1, generator=torch.Generator().manual_seed(0)
+    ).frames[0]
+    assert results["trained"] == [score_clip(frames, scene, truth)]
+    assert results["vae-recon"] == [score_clip(reconstruct_clip(toy_pipe.vae, truth), scene, truth)]
+    assert json.loads((tmp_path / "trained.json").read_text())["settings"]["split"] == "train"
+
+
+def test_scores_saved_before_the_split_option_are_reused_as_held_out(tmp_path, toy_pipe):
+    config = ToyEvalConfig(model=tmp_path, variants=["ground-truth"], num_samples=1, out=tmp_path)
+    toy_eval(toy_pipe, config)
+    path = tmp_path / "ground-truth.json"
+    record = json.loads(path.read_text())
+    del record["settings"]["split"]
+    record["scores"][0]["psnr"] = -1.0  # a marker: only a reused file can carry it
+    path.write_text(json.dumps(record))
+    assert toy_eval(toy_pipe, config)["ground-truth"][0].psnr == -1.0
+    train = dataclasses.replace(config, split="train")
+    assert toy_eval(toy_pipe, train)["ground-truth"][0].psnr == 100.0  # another split: scored anew
 
 
 def test_toy_cli_commands_are_registered():

@@ -103,7 +103,12 @@ class ToyEvalConfig:
         help="classifier-free guidance scale (default: the sampler's, 1.0 for lightx2v, else the model's saved "
         f"default_guidance_scale: {embedded_guidance_scale()} for the embedded model)",
     )
-    world_seed: int = field(0, help="world seed of the held-out split")
+    world_seed: int = field(0, help="world seed of the scenes scored")
+    split: Literal["heldout", "train"] = field(
+        "heldout",
+        help="scenes scored: held-out ones, or the training ones (the first scenes `toy data` writes for this "
+        "world seed), to see how much of a model's score is remembered rather than generalised",
+    )
     init_seed: int = field(0, help="seed of the random-init variant's DiT")
     out: Path = field(Path("outputs/toy-eval"), help="folder for the scores, table.md and results.json")
     save_videos: bool = field(False, help="also write each generated clip as <out>/videos/<variant>/<i>.mp4")

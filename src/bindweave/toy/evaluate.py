@@ -1,8 +1,9 @@
 """``bindweave toy-eval``: the toy benchmark, a trained toy model against its ablations and a random DiT.
 
-On ``num_samples`` held-out scenes (their own seeded split: subjects and prompts never seen in training)
-every variant generates a clip with the same noise seed per sample, and :mod:`bindweave.toy.metrics`
-scores it against the ground truth. Variants:
+On ``num_samples`` held-out scenes (their own seeded split: subjects and prompts never seen in training;
+``split="train"`` scores the training scenes instead, to measure what is remembered) every variant
+generates a clip with the same noise seed per sample, and :mod:`bindweave.toy.metrics` scores it against
+the ground truth. Variants:
 
 - ``trained``: the model as trained;
 - ``no-mllm`` / ``no-vae-refs`` / ``no-clip``: the same weights with one stream zeroed
@@ -62,7 +63,7 @@ __all__ = [
     "toy_eval_rows",
 ]
 
-_SETTINGS = ("model", "num_samples", "world_seed", "init_seed")
+_SETTINGS = ("model", "num_samples", "world_seed", "split", "init_seed")
 _UNSAMPLED = ("vae-recon", "ground-truth")  # rows without a DiT: one each, whatever the sweep
 
 
@@ -116,7 +117,7 @@ def _variant_pipeline(pipe, variant: str, init_seed: int) -> AblatedBindWeavePip
 
 
 def _generate(pipe, index: int, config: ToyEvalConfig, row: EvalRow) -> tuple[np.ndarray, np.ndarray, object]:
-    scene = toy_scene(config.world_seed, "heldout", index)
+    scene = toy_scene(config.world_seed, config.split, index)
     truth = render_clip(scene)
     references = [reference_image(s.sprite)[0] for s in scene.subjects]
     frames = pipe(
@@ -165,7 +166,8 @@ def toy_eval_rows(pipe, config: ToyEvalConfig) -> list[EvalRow]:
         path = config.out / f"{row.label.replace(' ', '.')}.json"
         if path.is_file():
             saved = json.loads(path.read_text())
-            if saved.get("settings") == settings:
+            # Files from before --split existed scored held-out scenes.
+            if {"split": "heldout", **saved.get("settings", {})} == settings:
                 scores = [ClipScores(**s) for s in saved["scores"]]
                 done.append(
                     dataclasses.replace(
@@ -180,7 +182,7 @@ def toy_eval_rows(pipe, config: ToyEvalConfig) -> list[EvalRow]:
         scores, seconds = [], []
         for index in tqdm(range(config.num_samples), desc=f"toy-eval {row.label}", unit="clip"):
             if runner is None:
-                scene = toy_scene(config.world_seed, "heldout", index)
+                scene = toy_scene(config.world_seed, config.split, index)
                 frames = truth = render_clip(scene)
                 if row.variant == "vae-recon":
                     frames = reconstruct_clip(pipe.vae, truth)
