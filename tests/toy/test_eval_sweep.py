@@ -48,9 +48,8 @@ def test_each_sampler_is_a_row_with_its_cost_and_resumes(cfg_pipe, tmp_path):
     assert all(r.dit_seconds_per_clip > 0 for r in rows[:2]) and rows[2].dit_seconds_per_clip is None
     saved = json.loads((tmp_path / "trained.lightx2v.1.json").read_text())
     assert saved["settings"] | {"model": None} == {
-        "model": None, "num_samples": 1, "world_seed": 0, "split": "heldout", "init_seed": 0, "sampler": "lightx2v",
-        "steps": 1,
-        "guidance_scale": 1.0,
+        "model": None, "num_samples": 1, "world_seed": 0, "split": "heldout", "init_seed": 0,
+        "sampler": "lightx2v", "steps": 1, "guidance_scale": 1.0,
     }  # fmt: skip
     table = format_table({r.label: r.scores for r in rows}, {r.label: r for r in rows})
     lines = table.splitlines()
