@@ -54,9 +54,9 @@ def test_the_shipped_model_beats_a_random_dit(shipped, tmp_path):
     """On held-out scenes, trained vs a freshly initialised DiT in the same pipeline, same noise, at the
     model's own guidance.
 
-    Measured on these 8 samples with 10 steps: fidelity 0.352 vs 0.202, direction accuracy 0.448 vs 0.229,
-    PSNR 19.2 vs 11.4 dB (on 32 samples with 15 steps, paired: fidelity +0.172 +- 0.018, direction accuracy
-    +0.167 +- 0.087). The samples and their noise are fixed, so the margins below are not a coin flip.
+    Measured on these 8 samples with 10 steps: fidelity 0.360 vs 0.202, direction accuracy 0.479 vs 0.229,
+    PSNR 19.6 vs 11.4 dB (on 32 samples with 15 steps, paired: fidelity +0.180 +- 0.018, direction accuracy
+    +0.266 +- 0.087). The samples and their noise are fixed, so the margins below are not a coin flip.
     """
     config = ToyEvalConfig(
         model=default_model_path(), variants=["trained", "random-init"], num_samples=8, steps=10, out=tmp_path
